@@ -1,0 +1,245 @@
+//! BackupSchedule: when to back up what, where, encrypted to whom, kept how long, and how
+//! often to prove a backup restores.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Cron, DNS_LABEL, Duration, JobTemplate, NamespacedRef, time_zone_schema};
+
+/// A backup schedule. Each run creates a Backup object that records what was written.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "resurgo.dev",
+    version = "v1alpha1",
+    kind = "BackupSchedule",
+    doc = "When to back up which namespaces, to which store, encrypted to whom, kept how long, and how often to prove a backup restores.",
+    plural = "backupschedules",
+    shortname = "bsched",
+    category = "resurgo",
+    status = "BackupScheduleStatus",
+    printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
+    printcolumn(name = "Store", type_ = "string", json_path = ".spec.store"),
+    printcolumn(name = "Last-Backup", type_ = "date", json_path = ".status.lastSuccessfulBackupTime"),
+    printcolumn(name = "Last-Verified", type_ = "date", json_path = ".status.lastVerifiedTime"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupScheduleSpec {
+    /// When to run, as a cron expression such as `30 2 * * *` (02:30 every day).
+    pub schedule: Cron,
+
+    /// The time zone the cron expression is read in, such as Europe/Rome. Default: UTC.
+    #[serde(default = "utc")]
+    #[schemars(schema_with = "time_zone_schema")]
+    pub time_zone: String,
+
+    /// Name of the BackupStore to write to.
+    #[schemars(length(min = 1, max = 253))]
+    pub store: String,
+
+    /// What to back up.
+    pub include: Selection,
+
+    /// Kinds never backed up, on top of the built-in excludes (Events, Pods, ReplicaSets,
+    /// Endpoints, EndpointSlices, Leases and objects owned by a controller, which are
+    /// recreated by their owners).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "set"))]
+    pub exclude_kinds: Vec<String>,
+
+    /// Jobs that dump application data (a database dump, say) into the backup before the
+    /// objects are read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub data_dumps: Vec<DataDump>,
+
+    /// Who can read the backups: they are encrypted to these age public keys. The private
+    /// keys never enter the cluster; a restore takes one from a Secret given at recovery.
+    pub encryption: Encryption,
+
+    /// How many backups to keep.
+    pub retention: Retention,
+
+    /// Object lock for each backup written: it cannot be deleted or overwritten for this
+    /// long, by anyone (the store must support object lock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immutability: Option<Immutability>,
+
+    /// Restore tests: how often to prove that the newest backup restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+
+    /// While true no new backup starts. Pruning goes on.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+fn utc() -> String {
+    "UTC".to_owned()
+}
+
+/// Which objects a backup reads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Selection {
+    /// Namespaces to back up.
+    #[schemars(length(min = 1, max = 256))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(inner(length(min = 1, max = 63), regex(pattern = DNS_LABEL)))]
+    pub namespaces: Vec<String>,
+    /// Only objects with these labels. Default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<LabelSelector>,
+    /// Only these kinds, such as Deployment, ConfigMap, Secret. Default: all kinds except
+    /// the excluded ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "set"))]
+    pub kinds: Vec<String>,
+}
+
+/// A data-dump Job that runs before the objects are read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataDump {
+    /// Namespace the Job runs in.
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL))]
+    pub namespace: String,
+    /// The Job.
+    #[serde(flatten)]
+    pub job: JobTemplate,
+}
+
+/// Encryption to age recipients.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Encryption {
+    /// age public keys (`age1...`). Any one of the matching private keys can decrypt.
+    #[schemars(length(min = 1, max = 16), extend("x-kubernetes-list-type" = "set"))]
+    pub recipients: Vec<AgeRecipient>,
+}
+
+/// An age public key, `age1` followed by 58 bech32 characters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AgeRecipient(pub String);
+
+impl JsonSchema for AgeRecipient {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "AgeRecipient".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        age_recipient_schema()
+    }
+}
+
+fn age_recipient_schema() -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "maxLength": 128,
+        "x-kubernetes-validations": [
+            {
+                "rule": "!self.startsWith('AGE-SECRET-KEY-')",
+                "message": "this is an age private key: put only the public key (age1...) here; the private key must never enter the cluster"
+            },
+            {
+                "rule": "self.matches('^age1[02-9ac-hj-np-z]{58}$')",
+                "message": "must be an age public key: age1 followed by 58 bech32 characters"
+            }
+        ]
+    })
+}
+
+/// How many backups to keep. Retention never deletes the newest verified backups, and
+/// deletes nothing while an Incident is open.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.keepLast + self.keepDaily + self.keepWeekly + self.keepMonthly > 0")
+    .message("retention must keep at least one backup: set keepLast, keepDaily, keepWeekly or keepMonthly"))]
+pub struct Retention {
+    /// Keep the newest N backups.
+    #[serde(default)]
+    #[schemars(range(max = 1000))]
+    pub keep_last: u32,
+    /// Keep the newest backup of each of the last N days.
+    #[serde(default)]
+    #[schemars(range(max = 1000))]
+    pub keep_daily: u32,
+    /// Keep the newest backup of each of the last N weeks.
+    #[serde(default)]
+    #[schemars(range(max = 1000))]
+    pub keep_weekly: u32,
+    /// Keep the newest backup of each of the last N months.
+    #[serde(default)]
+    #[schemars(range(max = 1000))]
+    pub keep_monthly: u32,
+}
+
+/// Object lock for each backup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Immutability {
+    /// How long each backup stays locked, such as 720h (30 days).
+    pub period: Duration,
+    /// Refuse to back up (rather than warn) when the store cannot lock objects or when the
+    /// operator's credentials could delete them.
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// Restore tests.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    /// When to verify the newest backup, as a cron expression in the schedule's time zone.
+    pub schedule: Cron,
+    /// Restore the backup into a scratch namespace and run the checks there. When false,
+    /// the backup is only decrypted and compared with its manifest.
+    #[serde(default = "yes")]
+    pub restore: bool,
+    /// Secret holding the age private key (key `identity`) used to decrypt for the test;
+    /// supplied by the operators of the verification, never generated in the cluster.
+    pub identity_secret_ref: NamespacedRef,
+    /// Jobs that must succeed against the restored copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub checks: Vec<JobTemplate>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What the schedule has done.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupScheduleStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready (the schedule is valid and its store usable) and Stalled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// Name of the newest Backup this schedule created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<String>,
+    /// When the newest successful backup completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_backup_time: Option<Time>,
+    /// When a backup of this schedule was last verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified_time: Option<Time>,
+    /// When the next backup is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run: Option<Time>,
+    /// True while an open Incident freezes pruning.
+    #[serde(default)]
+    pub pruning_frozen: bool,
+}

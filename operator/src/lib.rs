@@ -1,0 +1,12 @@
+//! Resurgo: declarative incident recovery for Kubernetes.
+//!
+//! Platform engineers describe recovery priority, backups and access as custom resources
+//! (see [`api`]); during an incident the operator rebuilds services in priority order from
+//! clean backups, locks access down and reports every step.
+
+pub mod api;
+pub mod crd_files;
+pub mod yaml;
+
+#[cfg(test)]
+mod examples_test;
