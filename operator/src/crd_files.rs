@@ -49,7 +49,13 @@ mod tests {
         expected.sort();
         let mut present: Vec<String> = std::fs::read_dir(&dir)
             .expect("read crds/")
-            .map(|entry| entry.expect("dir entry").file_name().to_string_lossy().into_owned())
+            .map(|entry| {
+                entry
+                    .expect("dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
         present.sort();
         assert_eq!(
@@ -57,7 +63,8 @@ mod tests {
             "crds/ holds other files than the generated ones; run `cargo run -p resurgo -- crd --out-dir crds`"
         );
         for file in files {
-            let on_disk = std::fs::read_to_string(dir.join(&file.file_name)).expect("read CRD file");
+            let on_disk =
+                std::fs::read_to_string(dir.join(&file.file_name)).expect("read CRD file");
             assert!(
                 on_disk == file.contents,
                 "crds/{} is stale; run `cargo run -p resurgo -- crd --out-dir crds`",
@@ -72,17 +79,28 @@ mod tests {
             assert_eq!(crd.spec.scope, "Cluster", "{}", crd.spec.names.kind);
             let version = &crd.spec.versions[0];
             assert!(
-                version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(),
+                version
+                    .subresources
+                    .as_ref()
+                    .and_then(|s| s.status.as_ref())
+                    .is_some(),
                 "{} has no status subresource",
                 crd.spec.names.kind
             );
             assert!(
-                crd.spec.names.short_names.as_ref().is_some_and(|n| !n.is_empty()),
+                crd.spec
+                    .names
+                    .short_names
+                    .as_ref()
+                    .is_some_and(|n| !n.is_empty()),
                 "{} has no short name",
                 crd.spec.names.kind
             );
             assert!(
-                version.additional_printer_columns.as_ref().is_some_and(|c| c.len() >= 3),
+                version
+                    .additional_printer_columns
+                    .as_ref()
+                    .is_some_and(|c| c.len() >= 3),
                 "{} has too few printer columns",
                 crd.spec.names.kind
             );

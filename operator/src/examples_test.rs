@@ -33,7 +33,8 @@ fn every_example_reads_into_its_rust_type() {
     let mut kinds_seen = std::collections::BTreeSet::new();
     for path in &files {
         let text = std::fs::read_to_string(path).expect("read example");
-        for document in yaml::documents(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display())) {
+        for document in yaml::documents(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        {
             let kind = document["kind"].as_str().unwrap_or_default().to_owned();
             match kind.as_str() {
                 "RecoveryPlan" => read_as::<RecoveryPlan>(path, document),

@@ -1,0 +1,162 @@
+//! Harness for the integration tests: they run against the real control plane that
+//! `tests/run.sh` starts (kube-apiserver, etcd, kube-controller-manager, kube-scheduler and
+//! kwok built from the pinned Go modules), never against a mock.
+//!
+//! `tests/run.sh` exports `KUBECONFIG` and `RESURGO_K8S_BIN`; the tests that need them are
+//! `#[ignore = "needs cluster"]`, so a plain `cargo test` runs only the unit tests.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use kube::Client;
+use tokio::sync::OnceCell;
+
+/// The repository's top directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Directory of the control-plane binaries (kubectl, helm, ...), from `RESURGO_K8S_BIN`.
+pub fn k8s_bin() -> PathBuf {
+    std::env::var_os("RESURGO_K8S_BIN")
+        .map(PathBuf::from)
+        .expect("RESURGO_K8S_BIN is not set: run the integration tests through tests/run.sh")
+}
+
+/// A kube-rs client for the test cluster's admin.
+pub async fn client() -> Client {
+    assert!(
+        std::env::var_os("KUBECONFIG").is_some(),
+        "KUBECONFIG is not set: run the integration tests through tests/run.sh"
+    );
+    Client::try_default()
+        .await
+        .expect("a client from KUBECONFIG")
+}
+
+/// Runs kubectl from the built control plane with `args`, feeding `stdin` when given.
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut command = Command::new(k8s_bin().join("kubectl"));
+    command
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = command.spawn().expect("start kubectl");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("kubectl stdin")
+            .write_all(input.as_bytes())
+            .expect("write kubectl stdin");
+    }
+    child.wait_with_output().expect("wait for kubectl")
+}
+
+/// Runs kubectl and returns its stdout, failing with its stderr when it fails.
+pub fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let output = kubectl(args, stdin);
+    if !output.status.success() {
+        bail!(
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+static CRDS: OnceCell<()> = OnceCell::const_new();
+
+/// Installs the CRDs from crds/ once per test process (server-side apply, so a second
+/// process re-applying them changes nothing) and waits until the API server serves them.
+pub async fn install_crds() {
+    CRDS.get_or_init(|| async {
+        let dir = repo_root().join("crds");
+        let dir = dir.to_str().expect("utf-8 path");
+        kubectl_ok(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=resurgo-tests",
+                "-f",
+                dir,
+            ],
+            None,
+        )
+        .expect("install CRDs");
+        kubectl_ok(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "-f",
+                dir,
+            ],
+            None,
+        )
+        .expect("CRDs established");
+        wait_until_served(Duration::from_secs(30))
+            .await
+            .expect("CRDs served");
+    })
+    .await;
+}
+
+/// Discovery can lag the Established condition by a moment.
+async fn wait_until_served(timeout: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let output = kubectl(
+            &["api-resources", "--api-group=resurgo.dev", "-o", "name"],
+            None,
+        );
+        let served = String::from_utf8_lossy(&output.stdout).lines().count();
+        if output.status.success() && served == resurgo::api::crds().len() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("only {served} resurgo.dev resources served after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+static NAMES: AtomicU32 = AtomicU32::new(0);
+
+/// A name no other test in this run uses: tests share one cluster, and every Resurgo kind
+/// is cluster-scoped.
+pub fn unique_name(prefix: &str) -> String {
+    let n = NAMES.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// Every YAML file under examples/, sorted.
+pub fn example_files() -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                walk(&path, out)?;
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(&repo_root().join("examples"), &mut files)?;
+    files.sort();
+    Ok(files)
+}

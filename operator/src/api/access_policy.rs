@@ -25,18 +25,32 @@ use super::common::DNS_LABEL;
     category = "resurgo",
     status = "AccessPolicyStatus",
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
-    printcolumn(name = "Grants", type_ = "integer", json_path = ".status.activeGrantCount", description = "Grants in force"),
-    printcolumn(name = "Suspended", type_ = "integer", json_path = ".status.suspendedBindings", description = "Bindings suspended by the lockdown"),
+    printcolumn(
+        name = "Grants",
+        type_ = "integer",
+        json_path = ".status.activeGrantCount",
+        description = "Grants in force"
+    ),
+    printcolumn(
+        name = "Suspended",
+        type_ = "integer",
+        json_path = ".status.suspendedBindings",
+        description = "Bindings suspended by the lockdown"
+    ),
     printcolumn(name = "Next-Expiry", type_ = "date", json_path = ".status.nextExpiry"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.mode != 'Lockdown' || !has(self.grants) || self.grants.all(g, has(g.expiresAt))")
-    .message(Message::Expression("'grants ' + self.grants.filter(g, !has(g.expiresAt)).map(g, g.name).join(', ') + ' need expiresAt: while mode is Lockdown every grant must expire'".into()))
+    .message("while mode is Lockdown every grant must have expiresAt")
     .field_path(".grants")
     .reason(Reason::FieldValueRequired))]
 #[x_kube(validation = Rule::new("!has(self.grants) || self.grants.all(g, !has(g.policyRole) || (has(self.roles) && self.roles.exists(r, r.name == g.policyRole)))")
-    .message(Message::Expression("'grants ' + self.grants.filter(g, has(g.policyRole) && !(has(self.roles) && self.roles.exists(r, r.name == g.policyRole))).map(g, g.name + ' (policyRole ' + g.policyRole + ')').join(', ') + ' name a role that is not defined in spec.roles'".into()))
+    .message("every grant's policyRole must be the name of one of spec.roles")
     .field_path(".grants"))]
 pub struct AccessPolicySpec {
     /// `Normal`, or `Lockdown`: every RoleBinding and ClusterRoleBinding of a human subject
@@ -116,6 +130,7 @@ pub struct Grant {
     /// (one ClusterRoleBinding).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(inner(length(min = 1, max = 63), regex(pattern = DNS_LABEL)))]
     pub namespaces: Vec<String>,
     /// When the access ends; the operator removes the bindings at this second. Required
     /// while the policy is in Lockdown.
@@ -165,10 +180,12 @@ pub struct RemoteAccess {
     pub name: String,
     /// Namespaces the sources may reach.
     #[schemars(length(min = 1, max = 64), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(inner(length(min = 1, max = 63), regex(pattern = DNS_LABEL)))]
     pub namespaces: Vec<String>,
     /// Source address ranges, such as 10.12.0.0/16.
     #[serde(rename = "sourceCIDRs")]
     #[schemars(length(min = 1, max = 64), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(inner(length(min = 1, max = 64)))]
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))")
         .message("every entry must be a CIDR such as 10.12.0.0/16 or 2001:db8::/32"))]
     pub source_cidrs: Vec<String>,

@@ -23,9 +23,17 @@ use super::backup_schedule::{DataDump, Encryption, Immutability, Selection};
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Items", type_ = "integer", json_path = ".status.items"),
     printcolumn(name = "Bytes", type_ = "integer", json_path = ".status.bytes"),
-    printcolumn(name = "Verified", type_ = "string", json_path = ".status.verification.state"),
+    printcolumn(
+        name = "Verified",
+        type_ = "string",
+        json_path = ".status.verification.state"
+    ),
     printcolumn(name = "Completed", type_ = "date", json_path = ".status.completed"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self == oldSelf")

@@ -22,11 +22,34 @@ use super::common::DNS_LABEL;
     shortname = "bstore",
     category = "resurgo",
     status = "BackupStoreStatus",
-    printcolumn(name = "Type", type_ = "string", json_path = ".status.type", description = "Filesystem or S3"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "WORM", type_ = "string", json_path = ".status.objectLock.mode", description = "Object lock mode, when on"),
-    printcolumn(name = "Can-Delete", type_ = "boolean", json_path = ".status.credentialsCanDelete", description = "Whether the operator's credentials can delete backups"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Type",
+        type_ = "string",
+        json_path = ".status.type",
+        description = "Filesystem or S3"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "WORM",
+        type_ = "string",
+        json_path = ".status.objectLock.mode",
+        description = "Object lock mode, when on"
+    ),
+    printcolumn(
+        name = "Can-Delete",
+        type_ = "boolean",
+        json_path = ".status.credentialsCanDelete",
+        description = "Whether the operator's credentials can delete backups"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.filesystem) != has(self.s3)")
@@ -58,7 +81,10 @@ pub struct FilesystemStore {
     .field_path(".endpoint"))]
 pub struct S3Store {
     /// Bucket name.
-    #[schemars(length(min = 3, max = 63), regex(pattern = "^[a-z0-9][a-z0-9.-]*[a-z0-9]$"))]
+    #[schemars(
+        length(min = 3, max = 63),
+        regex(pattern = "^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
+    )]
     pub bucket: String,
     /// Key prefix under which backups are written, such as `lazio/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

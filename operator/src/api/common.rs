@@ -20,7 +20,9 @@ pub struct Duration(pub String);
 
 /// Why a duration string could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{value:?} is not a duration: expected a positive duration of digits followed by ms, s, m or h, such as 90s, 15m, 4h or 1h30m")]
+#[error(
+    "{value:?} is not a duration: expected a positive duration of digits followed by ms, s, m or h, such as 90s, 15m, 4h or 1h30m"
+)]
 pub struct DurationError {
     pub value: String,
 }
@@ -45,7 +47,9 @@ impl From<&str> for Duration {
 }
 
 fn parse_duration(text: &str) -> Result<StdDuration, DurationError> {
-    let error = || DurationError { value: text.to_owned() };
+    let error = || DurationError {
+        value: text.to_owned(),
+    };
     if text.is_empty() {
         return Err(error());
     }
@@ -71,7 +75,9 @@ fn parse_duration(text: &str) -> Result<StdDuration, DurationError> {
         };
         rest = &rest[unit.len()..];
         let millis = amount.checked_mul(millis_per_unit).ok_or_else(error)?;
-        total = total.checked_add(StdDuration::from_millis(millis)).ok_or_else(error)?;
+        total = total
+            .checked_add(StdDuration::from_millis(millis))
+            .ok_or_else(error)?;
     }
     if total.is_zero() {
         return Err(error());
@@ -237,13 +243,28 @@ mod tests {
             ("72h", 259_200_000),
         ];
         for (text, millis) in cases {
-            assert_eq!(Duration::from(text).to_std(), Ok(StdDuration::from_millis(millis)), "{text}");
+            assert_eq!(
+                Duration::from(text).to_std(),
+                Ok(StdDuration::from_millis(millis)),
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn malformed_durations_are_refused_with_the_value() {
-        for text in ["", "15", "m", "15 minutes", "1.5h", "-5m", "5d", "h1", "0s", "0m0s"] {
+        for text in [
+            "",
+            "15",
+            "m",
+            "15 minutes",
+            "1.5h",
+            "-5m",
+            "5d",
+            "h1",
+            "0s",
+            "0m0s",
+        ] {
             let error = Duration::from(text).to_std().unwrap_err();
             assert_eq!(error.value, text);
         }

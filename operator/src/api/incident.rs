@@ -5,7 +5,6 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-
 /// An incident. Applying one locks access down, freezes backup pruning, chooses a clean
 /// restore point for every service, runs the recovery plans in tier order and regenerates
 /// credentials, recording each step in `status.timeline`. Setting `state: Closed` lifts
@@ -24,8 +23,16 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
     printcolumn(name = "State", type_ = "string", json_path = ".spec.state"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Compromised-Since", type_ = "date", json_path = ".spec.compromisedSince"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Compromised-Since",
+        type_ = "date",
+        json_path = ".spec.compromisedSince"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.accessPolicies) || has(self.recoveryPlans)")

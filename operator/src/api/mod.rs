@@ -29,7 +29,7 @@ pub const VERSION: &str = "v1alpha1";
 
 /// Every CRD Resurgo defines, in a stable order (the order `resurgo crd` prints them).
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![
+    [
         RecoveryPlan::crd(),
         BackupStore::crd(),
         BackupSchedule::crd(),
@@ -37,4 +37,48 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         AccessPolicy::crd(),
         Incident::crd(),
     ]
+    .into_iter()
+    .map(tidy_schema)
+    .collect()
+}
+
+/// Two touches to the schema schemars generates:
+/// - it names unsigned integers `uint16`/`uint32`/`uint64`, formats the API server does not
+///   know (it warns on every apply); the `minimum: 0` it also emits keeps them unsigned, and
+///   the format becomes the Kubernetes one wide enough for the values;
+/// - descriptions keep the line breaks of the doc comments, which `kubectl explain` would
+///   print mid-sentence; paragraphs are joined into single lines.
+fn tidy_schema(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(format) = map.get_mut("format") {
+                    match format.as_str() {
+                        Some("uint16") => *format = "int32".into(),
+                        Some("uint32" | "uint64") => *format = "int64".into(),
+                        _ => {}
+                    }
+                }
+                if let Some(serde_json::Value::String(text)) = map.get_mut("description") {
+                    *text = text
+                        .split("\n\n")
+                        .map(|paragraph| {
+                            paragraph
+                                .split('\n')
+                                .map(str::trim)
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n\n");
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(crd).expect("a CRD serialises to JSON");
+    walk(&mut value);
+    serde_json::from_value(value).expect("a CRD with changed formats is still a CRD")
 }

@@ -21,15 +21,39 @@ use super::common::{DNS_LABEL, Duration, JobTemplate, embedded_objects_schema};
     shortname = "rp",
     category = "resurgo",
     status = "RecoveryPlanStatus",
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Pending, Recovering, Recovered, Degraded or Failed"),
-    printcolumn(name = "Tier", type_ = "string", json_path = ".status.currentTier", description = "The tier being recovered now"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.ready", description = "Ready services out of all services"),
-    printcolumn(name = "RTO", type_ = "string", json_path = ".status.rto", description = "Whether every finished tier met its RTO target"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Pending, Recovering, Recovered, Degraded or Failed"
+    ),
+    printcolumn(
+        name = "Tier",
+        type_ = "string",
+        json_path = ".status.currentTier",
+        description = "The tier being recovered now"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.ready",
+        description = "Ready services out of all services"
+    ),
+    printcolumn(
+        name = "RTO",
+        type_ = "string",
+        json_path = ".status.rto",
+        description = "Whether every finished tier met its RTO target"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.services.all(s, self.tiers.exists(t, t.name == s.tier))")
-    .message(Message::Expression("'services ' + self.services.filter(s, !self.tiers.exists(t, t.name == s.tier)).map(s, s.name + ' (tier ' + s.tier + ')').join(', ') + ' name a tier that is not listed in spec.tiers'".into()))
+    .message("every service's tier must be the name of one of spec.tiers")
     .field_path(".services")
     .reason(Reason::FieldValueInvalid))]
 pub struct RecoveryPlanSpec {
@@ -134,6 +158,7 @@ pub struct Service {
     /// The generated NetworkPolicies let this service reach exactly these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(inner(length(min = 1, max = 63)))]
     pub depends_on: Vec<String>,
 
     /// `Rebuild` (default) creates the workload; `Verify` only runs the readiness checks.
@@ -141,7 +166,7 @@ pub struct Service {
     pub action: ServiceAction,
 
     /// What to create for the service: inline manifests, a ConfigMap or Secret that holds
-    /// them, or the service's objects from a Backup. Exactly one of the three.
+    /// them, or the service's objects from a Backup. Exactly one of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<Workload>,
 
