@@ -18,11 +18,8 @@ die() { echo "[down] ERROR: $*" >&2; exit 1; }
 W=$(cd "$1" && pwd -P)
 grace=${DOWN_GRACE:-5}
 
-alive() { # a zombie counts as dead: orphans may never be reaped in a container
-  local s
-  s=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
-  [[ $s != Z* ]]
-}
+# shellcheck source=procs.sh
+source "$(dirname "${BASH_SOURCE[0]}")/procs.sh"
 ours() {
   local cmdline
   alive "$1" || return 1

@@ -62,11 +62,8 @@ start() {
   echo "$!" >> "$W/pids"
 }
 
-alive() { # a zombie counts as dead: orphans may never be reaped in a container
-  local s
-  s=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
-  [[ $s != Z* ]]
-}
+# shellcheck source=procs.sh
+source "$here/procs.sh"
 
 # check_alive: dies with the log tail of the first started component that exited.
 check_alive() {
