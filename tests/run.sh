@@ -16,16 +16,37 @@ command -v cargo >/dev/null || { log "ERROR: cargo is not on PATH; install Rust 
 log "building the control plane (cached after the first run)"
 tests/cluster/build.sh >/dev/null
 
-log "compiling the tests"
+log "compiling the operator and the tests"
+cargo build --locked -p resurgo
 cargo test --workspace --locked --no-run
 
 base=/dev/shm
 [ -d "$base" ] && [ -w "$base" ] || base=${TMPDIR:-/tmp}
 work=$(mktemp -d "$base/resurgo-tests.XXXXXX")
-trap 'tests/cluster/down.sh "$work"' EXIT
+operator=
+stop() {
+  if [ -n "$operator" ]; then kill "$operator" 2>/dev/null && wait "$operator" 2>/dev/null || true; fi
+  tests/cluster/down.sh "$work"
+}
+trap stop EXIT
 env_file=$(tests/cluster/up.sh "$work")
 # shellcheck disable=SC1090
 source "$env_file"
 
+# The CRDs first, then one operator for the whole run, as a cluster would have them.
+kubectl apply --server-side --field-manager=resurgo-tests -f crds/ >/dev/null
+kubectl wait --for=condition=Established --timeout=60s -f crds/ >/dev/null
+export RESURGO_OPERATOR_LOG="$work/operator.log"
+RUST_LOG=${RUST_LOG:-warn,resurgo=debug} target/debug/resurgo run >"$RESURGO_OPERATOR_LOG" 2>&1 &
+operator=$!
+log "operator running (pid $operator, log $RESURGO_OPERATOR_LOG)"
+
 log "running unit and integration tests against $(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')"
-cargo test --workspace --locked -- --include-ignored "$@"
+status=0
+cargo test --workspace --locked -- --include-ignored "$@" || status=$?
+kill -0 "$operator" 2>/dev/null || { log "ERROR: the operator died during the tests; its log:"; tail -50 "$RESURGO_OPERATOR_LOG" >&2; status=1; }
+if [ "$status" -ne 0 ]; then
+  log "the operator's log, last lines:"
+  tail -40 "$RESURGO_OPERATOR_LOG" >&2
+fi
+exit "$status"

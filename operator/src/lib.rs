@@ -10,6 +10,10 @@
 
 pub mod api;
 pub mod crd_files;
+pub mod labels;
+pub mod operator;
+pub mod planner;
+pub mod recovery;
 pub mod yaml;
 
 #[cfg(test)]

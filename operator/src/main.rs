@@ -1,6 +1,11 @@
 //! The `resurgo` command.
 
-use std::{path::PathBuf, process::ExitCode};
+mod plan_report;
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use clap::{Parser, Subcommand};
 use resurgo::crd_files;
@@ -15,18 +20,36 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator: reconcile RecoveryPlans until SIGTERM or Ctrl-C. Uses the in-cluster
+    /// service account, or KUBECONFIG outside a cluster; RUST_LOG sets the log levels.
+    Run {
+        /// How to write log lines.
+        #[arg(long, value_enum, env = "RESURGO_LOG_FORMAT", default_value = "text")]
+        log_format: resurgo::operator::LogFormat,
+    },
     /// Print the CustomResourceDefinitions of every Resurgo kind as YAML.
     Crd {
         /// Write one file per kind into this directory instead of printing a stream.
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
+    /// Check RecoveryPlans offline and print the recovery order, the waves, the critical path
+    /// and every error. Fails when a plan has errors or when no plan is found.
+    Plan {
+        /// A YAML file, or a directory searched recursively for *.yaml and *.yml files.
+        #[arg(short = 'f', long = "filename", value_name = "PATH")]
+        path: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run { log_format } => {
+            resurgo::operator::run(log_format).map_err(CliError::Operator)
+        }
         Command::Crd { out_dir } => crd(out_dir),
+        Command::Plan { path } => plan(&path),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -46,6 +69,16 @@ enum CliError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Plan(#[from] plan_report::CheckFailed),
+    #[error(transparent)]
+    Operator(resurgo::operator::StartError),
+}
+
+fn plan(path: &Path) -> Result<(), CliError> {
+    let report = plan_report::check(path);
+    print!("{}", report.render());
+    Ok(report.verdict()?)
 }
 
 fn crd(out_dir: Option<PathBuf>) -> Result<(), CliError> {

@@ -99,6 +99,10 @@ async fn a_plan_is_defaulted_and_its_status_is_a_subresource() {
     let name = unique_name("status");
     let mut plan = base("RecoveryPlan");
     plan["metadata"]["name"] = json!(name);
+    // Paused: the operator reports on the plan but creates nothing. One tier: the planner
+    // refuses a tier without services.
+    plan["spec"]["paused"] = json!(true);
+    plan["spec"]["tiers"] = json!([{"name": "first", "rto": "15m"}]);
     let created = plans
         .create(
             &PostParams::default(),
@@ -116,21 +120,17 @@ async fn a_plan_is_defaulted_and_its_status_is_a_subresource() {
         resurgo::api::recovery_plan::ServiceAction::Rebuild
     );
 
-    // Status goes through its own subresource: writing status leaves spec alone, and the
-    // printer columns show it.
-    let status = json!({
-        "apiVersion": "resurgo.dev/v1alpha1", "kind": "RecoveryPlan",
-        "status": {"phase": "Recovering", "currentTier": "first", "ready": "0/1", "rto": "Pending",
-                   "readyServices": 0, "totalServices": 1}
-    });
-    plans
-        .patch_status(
-            &name,
-            &PatchParams::apply("resurgo-tests").force(),
-            &Patch::Apply(&status),
-        )
-        .await
-        .expect("patch status");
+    // The operator writes status through the subresource; the printer columns show it.
+    kubectl_ok(
+        &[
+            "wait",
+            "--for=jsonpath={.status.ready}=0/1",
+            "--timeout=30s",
+            &format!("recoveryplan/{name}"),
+        ],
+        None,
+    )
+    .expect("the operator reports on the plan");
     let table = kubectl_ok(&["get", "recoveryplan", &name], None).unwrap();
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
@@ -140,14 +140,14 @@ async fn a_plan_is_defaulted_and_its_status_is_a_subresource() {
     );
     let row = table.lines().nth(1).unwrap();
     assert!(
-        row.contains("Recovering") && row.contains("first") && row.contains("0/1"),
+        row.contains("Pending") && row.contains("first") && row.contains("0/1"),
         "{table}"
     );
 
-    // Writing spec through the main resource cannot set status.
+    // Writing the main resource cannot set status: only the subresource can.
     let mut with_status = serde_json::to_value(plans.get(&name).await.unwrap()).unwrap();
     with_status["status"]["phase"] = json!("Recovered");
-    with_status["spec"]["paused"] = json!(true);
+    with_status["spec"]["maxParallel"] = json!(3);
     let replaced = plans
         .replace(
             &name,
@@ -156,10 +156,10 @@ async fn a_plan_is_defaulted_and_its_status_is_a_subresource() {
         )
         .await
         .unwrap();
-    assert!(replaced.spec.paused);
+    assert_eq!(replaced.spec.max_parallel, Some(3));
     assert_eq!(
         replaced.status.unwrap().phase,
-        Some(resurgo::api::recovery_plan::PlanPhase::Recovering)
+        Some(resurgo::api::recovery_plan::PlanPhase::Pending)
     );
     plans.delete(&name, &Default::default()).await.unwrap();
 }

@@ -1,0 +1,879 @@
+//! The RecoveryPlan controller: rebuilds a plan's services in priority order.
+//!
+//! Every reconcile reads the plan, asks the [`planner`](crate::planner) what the order is,
+//! advances each started service one step (restore its data, apply its workload, run its
+//! checks), starts what the planner says may start now, and writes the status once. It is
+//! driven by watches: the plan, and the Deployments, StatefulSets, DaemonSets and Jobs the
+//! operator created (found by their `resurgo.dev/plan` label), so a service starts the
+//! moment what it waits for is ready. The only timed requeue is a service's timeout.
+//!
+//! Created objects carry labels, not owner references: deleting a RecoveryPlan must never
+//! take the emergency services it rebuilt down with it.
+
+mod desired;
+mod readiness;
+mod status;
+
+use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration as StdDuration};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::{
+        apps::v1::{DaemonSet, Deployment, StatefulSet},
+        batch::v1::Job,
+        core::v1::{ConfigMap, Namespace, Secret},
+        networking::v1::NetworkPolicy,
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
+    core::ApiResource,
+    discovery::{self, Scope},
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use crate::{
+    api::recovery_plan::{
+        PlanPhase, RecoveryPlan, RecoveryPlanStatus, Service, ServiceAction, ServicePhase,
+        ServiceStatus,
+    },
+    labels::{self, FIELD_MANAGER},
+    planner::{self, ServiceProgress},
+    yaml,
+};
+
+/// How long a service may take when its readiness sets no timeout.
+const DEFAULT_TIMEOUT: StdDuration = StdDuration::from_secs(30 * 60);
+/// `maxParallel` when the plan sets none.
+const DEFAULT_MAX_PARALLEL: u32 = 10;
+
+/// What a reconcile could not do. Each variant names the object it failed on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{action} {object}: {source}")]
+    Kube {
+        action: &'static str,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn kube_error(
+    action: &'static str,
+    object: impl Into<String>,
+) -> impl FnOnce(kube::Error) -> Error {
+    let object = object.into();
+    move |source| Error::Kube {
+        action,
+        object,
+        source,
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    client: Client,
+    recorder: Recorder,
+    /// API resources of the kinds found in workloads, discovered once each.
+    kinds: Mutex<BTreeMap<String, (ApiResource, Scope)>>,
+}
+
+/// Runs the controller until `shutdown` completes.
+pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let reporter = Reporter {
+        controller: "resurgo".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let context = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        kinds: Mutex::default(),
+    });
+    let ours = watcher::Config::default().labels(labels::PLAN);
+    Controller::new(
+        Api::<RecoveryPlan>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .watches(
+        Api::<Deployment>::all(client.clone()),
+        ours.clone(),
+        plan_of,
+    )
+    .watches(
+        Api::<StatefulSet>::all(client.clone()),
+        ours.clone(),
+        plan_of,
+    )
+    .watches(Api::<DaemonSet>::all(client.clone()), ours.clone(), plan_of)
+    .watches(Api::<Job>::all(client), ours, plan_of)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, context)
+    .for_each(|result| async move {
+        match result {
+            Ok((plan, _)) => tracing::debug!(plan = %plan.name, "reconciled"),
+            Err(error) => warn!(%error, "reconcile failed"),
+        }
+    })
+    .await;
+}
+
+fn plan_of<K: Resource>(object: K) -> Option<ObjectRef<RecoveryPlan>> {
+    object
+        .labels()
+        .get(labels::PLAN)
+        .map(|name| ObjectRef::new(name))
+}
+
+fn error_policy(plan: Arc<RecoveryPlan>, error: &Error, _: Arc<Context>) -> Action {
+    warn!(plan = %plan.name_any(), %error, "will retry");
+    Action::requeue(StdDuration::from_secs(5))
+}
+
+async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = plan.name_any();
+    let now = Timestamp::now();
+    let previous = plan.status.clone().unwrap_or_default();
+
+    let order = match planner::plan(&plan.spec) {
+        Ok(order) => order,
+        Err(errors) => {
+            // An invalid plan creates nothing: the order it would follow is unknown.
+            let status = status::invalid(&plan, &previous, &errors, now);
+            if status != previous {
+                let message = errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                publish(&ctx, &plan, EventType::Warning, "InvalidPlan", message).await;
+                write_status(&ctx, &name, &status).await?;
+            }
+            return Ok(Action::await_change());
+        }
+    };
+
+    let mut services = known_services(&plan, &previous);
+    for service in &plan.spec.services {
+        let record = services
+            .get_mut(&service.name)
+            .expect("every service has a record");
+        if is_started(record.phase) {
+            advance(&ctx, &plan, service, record, now).await?;
+        }
+    }
+
+    let steps = order.next_steps(&progress(&services));
+    let running = services
+        .values()
+        .filter(|s| is_started(s.phase) && s.phase != ServicePhase::Ready)
+        .count();
+    let room =
+        (plan.spec.max_parallel.unwrap_or(DEFAULT_MAX_PARALLEL) as usize).saturating_sub(running);
+    if !plan.spec.paused {
+        for service_name in steps.start.iter().take(room) {
+            let service = spec_of(&plan, service_name);
+            let record = services
+                .get_mut(service_name)
+                .expect("planned services have records");
+            start(&ctx, &plan, service, record, now).await?;
+            advance(&ctx, &plan, service, record, now).await?;
+        }
+    }
+    for blocked in &steps.blocked {
+        let record = services
+            .get_mut(&blocked.service)
+            .expect("planned services have records");
+        record.blocked_on = blocked.on.iter().map(ToString::to_string).collect();
+        record.phase = if blocked.behind_failure {
+            ServicePhase::Blocked
+        } else {
+            ServicePhase::Pending
+        };
+        record.message = Some(if blocked.behind_failure {
+            format!(
+                "given up: waits for {} which cannot become ready",
+                record.blocked_on.join(", ")
+            )
+        } else {
+            format!("waits for {}", record.blocked_on.join(", "))
+        });
+    }
+    for not_blocked in services.values_mut() {
+        if !steps.blocked.iter().any(|b| b.service == not_blocked.name) {
+            not_blocked.blocked_on.clear();
+        }
+    }
+
+    let status = status::compute(&plan, &order, &services, &previous, now);
+    announce(&ctx, &plan, &previous, &status).await;
+    if status != previous {
+        write_status(&ctx, &name, &status).await?;
+    }
+    Ok(next_deadline(&plan, &services, now).map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The services as the last status left them, in plan order; a spec change gives failed
+/// services another chance.
+fn known_services(
+    plan: &RecoveryPlan,
+    previous: &RecoveryPlanStatus,
+) -> BTreeMap<String, ServiceStatus> {
+    let retry_failed = previous.observed_generation != plan.metadata.generation;
+    plan.spec
+        .services
+        .iter()
+        .map(|service| {
+            let mut record = previous
+                .services
+                .iter()
+                .find(|s| s.name == service.name)
+                .cloned()
+                .unwrap_or_else(|| ServiceStatus {
+                    name: service.name.clone(),
+                    tier: service.tier.clone(),
+                    phase: ServicePhase::Pending,
+                    blocked_on: Vec::new(),
+                    message: None,
+                    started: None,
+                    ready: None,
+                    attempts: 0,
+                });
+            record.tier = service.tier.clone();
+            if retry_failed && record.phase == ServicePhase::Failed {
+                record.phase = ServicePhase::Pending;
+                record.message = Some("the plan changed: trying again".into());
+            }
+            (service.name.clone(), record)
+        })
+        .collect()
+}
+
+fn is_started(phase: ServicePhase) -> bool {
+    matches!(
+        phase,
+        ServicePhase::RestoringData
+            | ServicePhase::Deploying
+            | ServicePhase::Verifying
+            | ServicePhase::Ready
+    )
+}
+
+fn progress(services: &BTreeMap<String, ServiceStatus>) -> BTreeMap<String, ServiceProgress> {
+    services
+        .iter()
+        .filter_map(|(name, record)| {
+            let progress = match record.phase {
+                ServicePhase::Ready => ServiceProgress::Ready,
+                ServicePhase::Failed => ServiceProgress::Failed,
+                phase if is_started(phase) => ServiceProgress::Started,
+                _ => return None,
+            };
+            Some((name.clone(), progress))
+        })
+        .collect()
+}
+
+fn spec_of<'a>(plan: &'a RecoveryPlan, service: &str) -> &'a Service {
+    plan.spec
+        .services
+        .iter()
+        .find(|s| s.name == service)
+        .expect("the planner only names services of the plan")
+}
+
+/// Prepares the ground for a service that may start: its hardened namespace, the network
+/// policies of that namespace, and fresh credentials.
+async fn start(
+    ctx: &Context,
+    plan: &RecoveryPlan,
+    service: &Service,
+    record: &mut ServiceStatus,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let plan_name = plan.name_any();
+    let namespace = &service.namespace;
+    info!(plan = %plan_name, service = %service.name, "starting");
+    record.started = Some(Time(now));
+    record.ready = None;
+    record.attempts += 1;
+    record.blocked_on.clear();
+    record.phase = ServicePhase::Deploying;
+    record.message = Some("starting".into());
+
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    if service.action == ServiceAction::Rebuild {
+        let ns = desired::namespace(namespace, &plan_name);
+        Api::<Namespace>::all(ctx.client.clone())
+            .patch(namespace, &apply, &Patch::Apply(&ns))
+            .await
+            .map_err(kube_error("apply", format!("Namespace {namespace}")))?;
+        let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), namespace);
+        for policy in desired::network_policies(&plan.spec, &plan_name, namespace) {
+            let policy_name = policy.name_any();
+            policies
+                .patch(&policy_name, &apply, &Patch::Apply(&policy))
+                .await
+                .map_err(kube_error(
+                    "apply",
+                    format!("NetworkPolicy {namespace}/{policy_name}"),
+                ))?;
+        }
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    for wanted in &service.regenerate_secrets {
+        let existing = secrets.get_opt(&wanted.name).await.map_err(kube_error(
+            "read",
+            format!("Secret {namespace}/{}", wanted.name),
+        ))?;
+        // Ours from an earlier attempt: the workload may already use it, keep it. Anything
+        // else (restored, planted, left over) is replaced with fresh values.
+        if existing.is_some_and(|s| s.labels().get(labels::PLAN) == Some(&plan_name)) {
+            continue;
+        }
+        let secret =
+            desired::regenerated_secret(wanted, namespace, &plan_name, &service.name, fill_random);
+        secrets
+            .patch(&wanted.name, &apply, &Patch::Apply(&secret))
+            .await
+            .map_err(kube_error(
+                "apply",
+                format!("Secret {namespace}/{}", wanted.name),
+            ))?;
+        publish(
+            ctx,
+            plan,
+            EventType::Normal,
+            "SecretRegenerated",
+            format!(
+                "{namespace}/{}: fresh values for {} keys",
+                wanted.name,
+                wanted.keys.len()
+            ),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+fn fill_random(buffer: &mut [u8]) {
+    // The operating system's generator; without it no credential can be made safely.
+    getrandom::fill(buffer).expect("the operating system's random generator is available");
+}
+
+/// Moves a started service one step on: data restore, workload, checks, ready. Each step
+/// looks at the cluster first, so repeating it changes nothing.
+async fn advance(
+    ctx: &Context,
+    plan: &RecoveryPlan,
+    service: &Service,
+    record: &mut ServiceStatus,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let plan_name = plan.name_any();
+    let namespace = &service.namespace;
+
+    if record.phase == ServicePhase::Ready {
+        if service.action == ServiceAction::Rebuild && !workload_present(ctx, service).await? {
+            // Rebuilt like the first time: the planner decides when, after its dependencies.
+            record.phase = ServicePhase::Pending;
+            record.message = Some("its objects disappeared: rebuilding".into());
+            publish(
+                ctx,
+                plan,
+                EventType::Warning,
+                "ServiceLost",
+                format!("{}: objects disappeared; it will be rebuilt", service.name),
+            )
+            .await;
+        }
+        return Ok(());
+    }
+
+    let timeout = service
+        .readiness
+        .as_ref()
+        .and_then(|r| r.timeout.as_ref())
+        .and_then(|t| t.to_std().ok())
+        .unwrap_or(DEFAULT_TIMEOUT);
+    if let Some(started) = &record.started {
+        let elapsed = StdDuration::try_from(now.duration_since(started.0)).unwrap_or_default();
+        if elapsed > timeout {
+            record.phase = ServicePhase::Failed;
+            let last = record.message.take().unwrap_or_default();
+            record.message = Some(format!(
+                "not ready within its timeout of {}s: {last}",
+                timeout.as_secs()
+            ));
+            return Ok(());
+        }
+    }
+
+    if service.action == ServiceAction::Rebuild {
+        if let Some(template) = &service.data_restore {
+            match run_job(
+                ctx,
+                template,
+                namespace,
+                &plan_name,
+                &service.name,
+                "restore",
+            )
+            .await?
+            {
+                readiness::Readiness::Ready => {}
+                readiness::Readiness::Progressing(message) => {
+                    {
+                        set(record, ServicePhase::RestoringData, message);
+                        return Ok(());
+                    };
+                }
+                readiness::Readiness::Failed(message) => {
+                    {
+                        set(record, ServicePhase::Failed, message);
+                        return Ok(());
+                    };
+                }
+            }
+        }
+        let manifests = match manifests(ctx, service).await? {
+            Ok(manifests) => manifests,
+            Err(message) => {
+                set(record, ServicePhase::Failed, message);
+                return Ok(());
+            }
+        };
+        match apply_workload(ctx, &plan_name, service, &manifests).await? {
+            readiness::Readiness::Ready => {}
+            readiness::Readiness::Progressing(message) => {
+                {
+                    set(record, ServicePhase::Deploying, message);
+                    return Ok(());
+                };
+            }
+            readiness::Readiness::Failed(message) => {
+                {
+                    set(record, ServicePhase::Failed, message);
+                    return Ok(());
+                };
+            }
+        }
+    }
+
+    let checks = service
+        .readiness
+        .as_ref()
+        .map(|r| r.checks.as_slice())
+        .unwrap_or_default();
+    for check in checks {
+        match run_job(ctx, check, namespace, &plan_name, &service.name, "check").await? {
+            readiness::Readiness::Ready => {}
+            readiness::Readiness::Progressing(message) => {
+                {
+                    set(record, ServicePhase::Verifying, message);
+                    return Ok(());
+                };
+            }
+            readiness::Readiness::Failed(message) => {
+                {
+                    set(record, ServicePhase::Failed, message);
+                    return Ok(());
+                };
+            }
+        }
+    }
+
+    record.phase = ServicePhase::Ready;
+    record.ready = Some(Time(now));
+    record.message = Some("ready".into());
+    Ok(())
+}
+
+fn set(record: &mut ServiceStatus, phase: ServicePhase, message: String) {
+    record.phase = phase;
+    record.message = Some(message);
+}
+
+/// Creates the Job when it does not exist yet, and says how far it is.
+async fn run_job(
+    ctx: &Context,
+    template: &crate::api::common::JobTemplate,
+    namespace: &str,
+    plan: &str,
+    service: &str,
+    part: &str,
+) -> Result<readiness::Readiness, Error> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = desired::job_name(service, &template.name);
+    if let Some(job) = jobs
+        .get_opt(&name)
+        .await
+        .map_err(kube_error("read", format!("Job {namespace}/{name}")))?
+    {
+        return Ok(readiness::of(
+            &serde_json::to_value(job).unwrap_or_default(),
+        ));
+    }
+    let job = match desired::job(template, namespace, plan, service, part) {
+        Ok(job) => job,
+        Err(error) => {
+            return Ok(readiness::Readiness::Failed(format!(
+                "{part} job {}: the spec is not a valid JobSpec: {error}",
+                template.name
+            )));
+        }
+    };
+    match jobs.create(&PostParams::default(), &job).await {
+        Ok(_) => Ok(readiness::Readiness::Progressing(format!(
+            "Job {name} created"
+        ))),
+        // The API server checks the JobSpec: a rejection is the plan's fault, not a retry.
+        Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => Ok(
+            readiness::Readiness::Failed(format!("Job {name} was rejected: {}", status.message)),
+        ),
+        Err(error) => Err(kube_error("create", format!("Job {namespace}/{name}"))(
+            error,
+        )),
+    }
+}
+
+/// The manifests of a service's workload, or why they cannot be had (a plan problem the
+/// status reports, not an error to retry).
+async fn manifests(ctx: &Context, service: &Service) -> Result<Result<Vec<Value>, String>, Error> {
+    let Some(workload) = &service.workload else {
+        return Ok(Ok(Vec::new()));
+    };
+    if let Some(manifests) = &workload.manifests {
+        return Ok(Ok(manifests.clone()));
+    }
+    if workload.from_backup.is_some() {
+        return Ok(Err("workloads from a backup need the backup controller, which this version does not have yet".into()));
+    }
+    let (source, texts) = if let Some(source) = &workload.config_map_ref {
+        let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &source.namespace);
+        let found = api.get_opt(&source.name).await.map_err(kube_error(
+            "read",
+            format!("ConfigMap {}/{}", source.namespace, source.name),
+        ))?;
+        let Some(config_map) = found else {
+            return Ok(Err(format!(
+                "ConfigMap {}/{} not found",
+                source.namespace, source.name
+            )));
+        };
+        (source, config_map.data.unwrap_or_default())
+    } else if let Some(source) = &workload.secret_ref {
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &source.namespace);
+        let found = api.get_opt(&source.name).await.map_err(kube_error(
+            "read",
+            format!("Secret {}/{}", source.namespace, source.name),
+        ))?;
+        let Some(secret) = found else {
+            return Ok(Err(format!(
+                "Secret {}/{} not found",
+                source.namespace, source.name
+            )));
+        };
+        let texts = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, bytes)| (key, String::from_utf8_lossy(&bytes.0).into_owned()))
+            .collect();
+        (source, texts)
+    } else {
+        return Ok(Ok(Vec::new()));
+    };
+    let mut out = Vec::new();
+    for (key, text) in texts {
+        if !source.keys.is_empty() && !source.keys.contains(&key) {
+            continue;
+        }
+        match yaml::documents(&text) {
+            Ok(documents) => out.extend(documents),
+            Err(error) => {
+                return Ok(Err(format!(
+                    "{}/{} key {key}: not YAML manifests: {error}",
+                    source.namespace, source.name
+                )));
+            }
+        }
+    }
+    Ok(Ok(out))
+}
+
+/// Applies the manifests that are missing and says whether all of them are ready.
+async fn apply_workload(
+    ctx: &Context,
+    plan: &str,
+    service: &Service,
+    manifests: &[Value],
+) -> Result<readiness::Readiness, Error> {
+    let mut waiting = Vec::new();
+    for (index, manifest) in manifests.iter().enumerate() {
+        let object = desired::workload_object(manifest, &service.namespace, plan, &service.name);
+        let api = match object_api(ctx, &object, &service.namespace).await? {
+            Ok(api) => api,
+            Err(message) => {
+                return Ok(readiness::Readiness::Failed(format!(
+                    "manifests[{index}]: {message}"
+                )));
+            }
+        };
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let current = api
+            .get_opt(&name)
+            .await
+            .map_err(kube_error("read", describe(&object)))?;
+        let current = match current {
+            Some(current) => current,
+            None => {
+                let patch = PatchParams::apply(FIELD_MANAGER).force();
+                match api.patch(&name, &patch, &Patch::Apply(&object)).await {
+                    Ok(created) => created,
+                    Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
+                        return Ok(readiness::Readiness::Failed(format!(
+                            "{} was rejected: {}",
+                            describe(&object),
+                            status.message
+                        )));
+                    }
+                    Err(error) => return Err(kube_error("apply", describe(&object))(error)),
+                }
+            }
+        };
+        match readiness::of(&serde_json::to_value(&current).unwrap_or_default()) {
+            readiness::Readiness::Ready => {}
+            readiness::Readiness::Failed(message) => {
+                return Ok(readiness::Readiness::Failed(message));
+            }
+            readiness::Readiness::Progressing(message) => waiting.push(message),
+        }
+    }
+    Ok(if waiting.is_empty() {
+        readiness::Readiness::Ready
+    } else {
+        readiness::Readiness::Progressing(waiting.join("; "))
+    })
+}
+
+/// Whether every object of a ready service's workload still exists.
+async fn workload_present(ctx: &Context, service: &Service) -> Result<bool, Error> {
+    let manifests = match manifests(ctx, service).await? {
+        Ok(manifests) => manifests,
+        Err(_) => return Ok(true),
+    };
+    for manifest in &manifests {
+        let object = desired::workload_object(manifest, &service.namespace, "", &service.name);
+        let Ok(api) = object_api(ctx, &object, &service.namespace).await? else {
+            continue;
+        };
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        if api
+            .get_opt(name)
+            .await
+            .map_err(kube_error("read", describe(&object)))?
+            .is_none()
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn describe(object: &Value) -> String {
+    format!(
+        "{} {}/{}",
+        object["kind"].as_str().unwrap_or("object"),
+        object["metadata"]["namespace"].as_str().unwrap_or_default(),
+        object["metadata"]["name"].as_str().unwrap_or_default()
+    )
+}
+
+/// The API of a manifest's kind in the service's namespace, or why it cannot be applied.
+async fn object_api(
+    ctx: &Context,
+    object: &Value,
+    namespace: &str,
+) -> Result<Result<Api<DynamicObject>, String>, Error> {
+    let api_version = object["apiVersion"].as_str().unwrap_or_default();
+    let kind = object["kind"].as_str().unwrap_or_default();
+    if object["metadata"]["name"]
+        .as_str()
+        .is_none_or(str::is_empty)
+    {
+        return Ok(Err(format!("{kind} has no metadata.name")));
+    }
+    let key = format!("{api_version}/{kind}");
+    let mut kinds = ctx.kinds.lock().await;
+    if !kinds.contains_key(&key) {
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        match discovery::pinned_kind(&ctx.client, &gvk).await {
+            Ok((resource, capabilities)) => {
+                kinds.insert(key.clone(), (resource, capabilities.scope));
+            }
+            Err(error) => {
+                return Ok(Err(format!(
+                    "{api_version} {kind} is not served by this cluster: {error}"
+                )));
+            }
+        }
+    }
+    let (resource, scope) = kinds[&key].clone();
+    if scope == Scope::Cluster {
+        return Ok(Err(format!(
+            "{kind} is cluster-scoped: a service's workload lives in its namespace"
+        )));
+    }
+    Ok(Ok(Api::namespaced_with(
+        ctx.client.clone(),
+        namespace,
+        &resource,
+    )))
+}
+
+/// When the earliest running service times out, so that its failure is noticed on time.
+fn next_deadline(
+    plan: &RecoveryPlan,
+    services: &BTreeMap<String, ServiceStatus>,
+    now: Timestamp,
+) -> Option<StdDuration> {
+    plan.spec
+        .services
+        .iter()
+        .filter_map(|service| {
+            let record = &services[&service.name];
+            if !is_started(record.phase) || record.phase == ServicePhase::Ready {
+                return None;
+            }
+            let timeout = service
+                .readiness
+                .as_ref()
+                .and_then(|r| r.timeout.as_ref())
+                .and_then(|t| t.to_std().ok())
+                .unwrap_or(DEFAULT_TIMEOUT);
+            let elapsed = StdDuration::try_from(now.duration_since(record.started.as_ref()?.0))
+                .unwrap_or_default();
+            Some(timeout.saturating_sub(elapsed) + StdDuration::from_millis(100))
+        })
+        .min()
+}
+
+async fn write_status(ctx: &Context, name: &str, status: &RecoveryPlanStatus) -> Result<(), Error> {
+    let patch =
+        json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "RecoveryPlan", "status": status});
+    Api::<RecoveryPlan>::all(ctx.client.clone())
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(kube_error(
+            "write status of",
+            format!("RecoveryPlan {name}"),
+        ))?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, plan: &RecoveryPlan, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Recover".into(),
+        secondary: None,
+    };
+    // An event that cannot be written must not stop a recovery.
+    if let Err(error) = ctx.recorder.publish(&event, &plan.object_ref(&())).await {
+        warn!(plan = %plan.name_any(), %error, "could not publish event");
+    }
+}
+
+/// One Event per transition: a service started, became ready, failed or is blocked behind a
+/// failure; a tier finished; the plan recovered.
+async fn announce(
+    ctx: &Context,
+    plan: &RecoveryPlan,
+    previous: &RecoveryPlanStatus,
+    status: &RecoveryPlanStatus,
+) {
+    for service in &status.services {
+        let before = previous.services.iter().find(|s| s.name == service.name);
+        let (was, was_attempts) = before.map_or((None, 0), |s| (Some(s.phase), s.attempts));
+        if was == Some(service.phase) && was_attempts == service.attempts {
+            continue;
+        }
+        let message = service.message.clone().unwrap_or_default();
+        let (type_, reason) = match service.phase {
+            ServicePhase::Ready => (EventType::Normal, "ServiceReady"),
+            ServicePhase::Failed => (EventType::Warning, "ServiceFailed"),
+            ServicePhase::Blocked => (EventType::Warning, "ServiceBlocked"),
+            ServicePhase::Pending => continue,
+            _ if was_attempts != service.attempts => (EventType::Normal, "ServiceStarted"),
+            ServicePhase::RestoringData => (EventType::Normal, "RestoringData"),
+            ServicePhase::Verifying => (EventType::Normal, "Verifying"),
+            ServicePhase::Deploying => continue,
+        };
+        publish(
+            ctx,
+            plan,
+            type_,
+            reason,
+            format!("{} (tier {}): {message}", service.name, service.tier),
+        )
+        .await;
+    }
+    for tier in &status.tiers {
+        let before = previous
+            .tiers
+            .iter()
+            .find(|t| t.name == tier.name)
+            .map(|t| t.phase);
+        if before != Some(tier.phase) && tier.phase == PlanPhase::Recovered {
+            publish(
+                ctx,
+                plan,
+                EventType::Normal,
+                "TierRecovered",
+                format!(
+                    "tier {} is ready (RTO {}: {:?})",
+                    tier.name, tier.rto_target, tier.rto
+                ),
+            )
+            .await;
+        }
+    }
+    if let Some(phase) = status.phase.filter(|phase| previous.phase != Some(*phase)) {
+        let type_ = if matches!(phase, PlanPhase::Failed | PlanPhase::Degraded) {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        let ready = status.ready.clone().unwrap_or_default();
+        publish(
+            ctx,
+            plan,
+            type_,
+            &format!("Plan{phase:?}"),
+            format!("{ready} services ready"),
+        )
+        .await;
+    }
+}

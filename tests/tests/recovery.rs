@@ -1,0 +1,559 @@
+//! Priority-ordered recovery on the real control plane, with the operator that tests/run.sh
+//! runs. Order is asserted from one watch stream of the Deployments (events arrive in the
+//! API server's revision order), never from the operator's logs.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Namespace, Secret},
+    networking::v1::NetworkPolicy,
+};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams},
+    runtime::{WatchStreamExt, wait::await_condition, watcher},
+};
+use resurgo::api::recovery_plan::{PlanPhase, RecoveryPlan, ServicePhase};
+use resurgo_tests::{client, install_crds, kubectl, kubectl_ok, unique_name};
+use serde_json::{Value, json};
+
+/// A Deployment the restricted Pod Security level admits. With `zone`, its pods only
+/// schedule on a node labelled with that zone: the test holds the service back by not having
+/// such a node yet.
+fn deployment(name: &str, zone: Option<&str>) -> Value {
+    let mut pod = json!({
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "main", "image": "registry.example/app:1",
+            "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}
+        }]
+    });
+    if let Some(zone) = zone {
+        pod["nodeSelector"] = json!({"resurgo.test/zone": zone});
+    }
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": pod}
+        }
+    })
+}
+
+fn service(
+    name: &str,
+    tier: &str,
+    namespace: &str,
+    depends_on: &[&str],
+    zone: Option<&str>,
+) -> Value {
+    json!({
+        "name": name, "tier": tier, "namespace": namespace, "dependsOn": depends_on,
+        "workload": {"manifests": [deployment(name, zone)]}
+    })
+}
+
+fn plan(name: &str, spec: Value) -> String {
+    serde_json::to_string(&json!({
+        "apiVersion": "resurgo.dev/v1alpha1", "kind": "RecoveryPlan",
+        "metadata": {"name": name}, "spec": spec
+    }))
+    .unwrap()
+}
+
+fn apply(manifest: &str) {
+    kubectl_ok(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=resurgo-tests",
+            "-f",
+            "-",
+        ],
+        Some(manifest),
+    )
+    .expect("apply");
+}
+
+fn wait(plan: &str, condition: &str, timeout: &str) {
+    let output = kubectl(
+        &[
+            "wait",
+            &format!("--for=condition={condition}"),
+            &format!("--timeout={timeout}"),
+            &format!("recoveryplan/{plan}"),
+        ],
+        None,
+    );
+    if !output.status.success() {
+        let status = kubectl(&["get", "recoveryplan", plan, "-o", "yaml"], None);
+        panic!(
+            "recoveryplan/{plan} did not become {condition}: {}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            String::from_utf8_lossy(&status.stdout)
+        );
+    }
+}
+
+/// A fake node in `zone`: pods held back by that zone schedule, and kwok makes them ready.
+fn add_node(zone: &str) {
+    let node = json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {
+            "name": format!("zone-{zone}"),
+            "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
+            "labels": {"kubernetes.io/hostname": format!("zone-{zone}"), "type": "kwok", "resurgo.test/zone": zone}
+        },
+        "status": {"capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                   "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"}}
+    });
+    apply(&node.to_string());
+}
+
+/// What one watch of a plan's Deployments saw, in the API server's order.
+#[derive(Clone, Debug, PartialEq)]
+enum Seen {
+    Created(String),
+    Available(String),
+}
+
+/// Reports, in the API server's order, when each Deployment of `plan` first appears and
+/// first becomes Available.
+async fn record(plan: &str) -> tokio::sync::mpsc::UnboundedReceiver<Seen> {
+    let deployments: Api<Deployment> = Api::all(client().await);
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let config = watcher::Config::default().labels(&format!("resurgo.dev/plan={plan}"));
+    tokio::spawn(async move {
+        let mut stream = watcher(deployments, config).applied_objects().boxed();
+        let mut sent = Vec::new();
+        while let Ok(Some(deployment)) = stream.try_next().await {
+            let name = deployment.name_any();
+            let available = deployment
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c.type_ == "Available" && c.status == "True")
+                });
+            let mut events = vec![Seen::Created(name.clone())];
+            if available {
+                events.push(Seen::Available(name));
+            }
+            for event in events {
+                if !sent.contains(&event) {
+                    sent.push(event.clone());
+                    if sender.send(event).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    receiver
+}
+
+/// Collects what the watch reports until every one of `services` was seen Available.
+async fn collect_until_available(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>,
+    services: &[&str],
+) -> Vec<Seen> {
+    let mut log = Vec::new();
+    let all_available = |log: &[Seen]| {
+        services
+            .iter()
+            .all(|s| log.contains(&Seen::Available((*s).into())))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !all_available(&log) {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(event)) => log.push(event),
+            _ => panic!("the watch never saw all of {services:?} available: {log:?}"),
+        }
+    }
+    log
+}
+
+fn position(log: &[Seen], event: &Seen) -> usize {
+    log.iter()
+        .position(|e| e == event)
+        .unwrap_or_else(|| panic!("{event:?} never seen in {log:?}"))
+}
+
+/// Waits, through a watch of the plan, until its status satisfies `condition`.
+async fn until(
+    name: &str,
+    what: &str,
+    condition: impl Fn(&resurgo::api::recovery_plan::RecoveryPlanStatus) -> bool,
+) -> resurgo::api::recovery_plan::RecoveryPlanStatus {
+    let plans: Api<RecoveryPlan> = Api::all(client().await);
+    let matches =
+        |plan: Option<&RecoveryPlan>| plan.and_then(|p| p.status.as_ref()).is_some_and(&condition);
+    match tokio::time::timeout(
+        Duration::from_secs(60),
+        await_condition(plans, name, matches),
+    )
+    .await
+    {
+        Ok(Ok(Some(plan))) => plan.status.unwrap_or_default(),
+        _ => panic!(
+            "recoveryplan/{name}: never {what}: {:?}",
+            plan_status(name).await
+        ),
+    }
+}
+
+async fn plan_status(name: &str) -> resurgo::api::recovery_plan::RecoveryPlanStatus {
+    let plans: Api<RecoveryPlan> = Api::all(client().await);
+    plans
+        .get_status(name)
+        .await
+        .unwrap()
+        .status
+        .unwrap_or_default()
+}
+
+async fn deployments_of(plan: &str) -> Vec<String> {
+    let deployments: Api<Deployment> = Api::all(client().await);
+    deployments
+        .list(&ListParams::default().labels(&format!("resurgo.dev/plan={plan}")))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn clinical_services_wait_for_the_life_critical_tier_and_their_dependencies() {
+    install_crds().await;
+    let name = unique_name("order");
+    let zone = unique_name("zone");
+    let ns = |s: &str| format!("{name}-{s}");
+    let mut events = record(&name).await;
+    apply(&plan(
+        &name,
+        json!({
+            "tiers": [{"name": "life-critical", "rto": "15m"}, {"name": "clinical", "rto": "4h"}],
+            "services": [
+                service("emergency", "life-critical", &ns("emergency"), &[], None),
+                // Held back until the test adds a node in its zone.
+                service("dispatch", "life-critical", &ns("dispatch"), &[], Some(&zone)),
+                service("records", "clinical", &ns("records"), &[], None),
+                service("radiology", "clinical", &ns("radiology"), &["records"], None),
+            ]
+        }),
+    ));
+
+    // The tier is not done while dispatch waits: nothing clinical may exist.
+    let status = until(&name, "emergency ready while dispatch deploys", |status| {
+        let phase = |service: &str| {
+            status
+                .services
+                .iter()
+                .find(|s| s.name == service)
+                .map(|s| s.phase)
+        };
+        phase("emergency") == Some(ServicePhase::Ready)
+            && phase("dispatch") == Some(ServicePhase::Deploying)
+    })
+    .await;
+    let records = status
+        .services
+        .iter()
+        .find(|s| s.name == "records")
+        .unwrap();
+    assert_eq!(records.phase, ServicePhase::Pending);
+    assert_eq!(records.blocked_on, ["tier/life-critical"]);
+    let mut created = deployments_of(&name).await;
+    created.sort();
+    assert_eq!(
+        created,
+        ["dispatch", "emergency"],
+        "a clinical service started before its tier's turn"
+    );
+
+    add_node(&zone);
+    wait(&name, "Ready", "60s");
+    let log = collect_until_available(
+        &mut events,
+        &["emergency", "dispatch", "records", "radiology"],
+    )
+    .await;
+    let dispatch_ready = position(&log, &Seen::Available("dispatch".into()));
+    let emergency_ready = position(&log, &Seen::Available("emergency".into()));
+    for clinical in ["records", "radiology"] {
+        let created = position(&log, &Seen::Created(clinical.into()));
+        assert!(
+            created > dispatch_ready && created > emergency_ready,
+            "{clinical} before its tier's turn: {log:?}"
+        );
+    }
+    assert!(
+        position(&log, &Seen::Created("radiology".into()))
+            > position(&log, &Seen::Available("records".into())),
+        "radiology created before records was ready: {log:?}"
+    );
+
+    let status = plan_status(&name).await;
+    assert_eq!(status.phase, Some(PlanPhase::Recovered));
+    assert_eq!(status.ready.as_deref(), Some("4/4"));
+    assert!(
+        status.tiers.iter().all(|t| t.ready.is_some()),
+        "{:?}",
+        status.tiers
+    );
+
+    // Hardening of what was rebuilt.
+    let client = client().await;
+    let namespace = Api::<Namespace>::all(client.clone())
+        .get(&ns("radiology"))
+        .await
+        .unwrap();
+    assert_eq!(
+        namespace.labels()["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
+    let policies: Api<NetworkPolicy> = Api::namespaced(client, &ns("radiology"));
+    let allow = policies.get("resurgo-allow-dependencies").await.unwrap();
+    let egress = serde_json::to_value(allow.spec.unwrap().egress.unwrap())
+        .unwrap()
+        .to_string();
+    assert!(
+        egress.contains(&ns("records")),
+        "radiology may reach records: {egress}"
+    );
+    assert!(
+        !egress.contains(&ns("emergency")),
+        "radiology may not reach emergency: {egress}"
+    );
+    policies.get("resurgo-default-deny").await.unwrap();
+    delete_plan(&name).await;
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn a_failed_life_critical_service_halts_the_lower_tiers() {
+    install_crds().await;
+    let name = unique_name("halt");
+    let ns = |s: &str| format!("{name}-{s}");
+    let mut stuck = service(
+        "dispatch",
+        "life-critical",
+        &ns("dispatch"),
+        &[],
+        Some("nowhere"),
+    );
+    stuck["readiness"] = json!({"timeout": "3s"});
+    apply(&plan(
+        &name,
+        json!({
+            "onFailure": "HaltLowerTiers",
+            "tiers": [{"name": "life-critical", "rto": "15m"}, {"name": "clinical", "rto": "4h"}],
+            "services": [stuck, service("records", "clinical", &ns("records"), &[], None)]
+        }),
+    ));
+    wait(&name, "Stalled", "60s");
+    let status = plan_status(&name).await;
+    assert_eq!(status.phase, Some(PlanPhase::Failed));
+    let dispatch = status
+        .services
+        .iter()
+        .find(|s| s.name == "dispatch")
+        .unwrap();
+    assert_eq!(dispatch.phase, ServicePhase::Failed);
+    assert!(
+        dispatch
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("timeout"),
+        "{dispatch:?}"
+    );
+    let records = status
+        .services
+        .iter()
+        .find(|s| s.name == "records")
+        .unwrap();
+    assert_eq!(records.phase, ServicePhase::Blocked);
+    assert_eq!(records.blocked_on, ["tier/life-critical"]);
+    assert_eq!(
+        deployments_of(&name).await,
+        ["dispatch"],
+        "the clinical tier must not start"
+    );
+    let stalled = kubectl_ok(
+        &[
+            "get",
+            "recoveryplan",
+            &name,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Stalled\")].message}",
+        ],
+        None,
+    )
+    .unwrap();
+    assert!(stalled.contains("dispatch"), "{stalled}");
+    delete_plan(&name).await;
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn with_continue_a_failure_is_given_up_and_the_rest_recovers() {
+    install_crds().await;
+    let name = unique_name("continue");
+    let ns = |s: &str| format!("{name}-{s}");
+    let mut stuck = service(
+        "dispatch",
+        "life-critical",
+        &ns("dispatch"),
+        &[],
+        Some("nowhere"),
+    );
+    stuck["readiness"] = json!({"timeout": "3s"});
+    apply(&plan(
+        &name,
+        json!({
+            "onFailure": "Continue",
+            "tiers": [{"name": "life-critical", "rto": "15m"}, {"name": "clinical", "rto": "4h"}],
+            "services": [
+                stuck,
+                service("records", "clinical", &ns("records"), &[], None),
+                service("dispatch-reports", "clinical", &ns("reports"), &["dispatch"], None),
+            ]
+        }),
+    ));
+    wait(&name, "Stalled", "60s");
+    let status = plan_status(&name).await;
+    assert_eq!(status.phase, Some(PlanPhase::Degraded), "{status:?}");
+    let phase = |service: &str| {
+        status
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .unwrap()
+            .phase
+    };
+    assert_eq!(phase("dispatch"), ServicePhase::Failed);
+    assert_eq!(phase("records"), ServicePhase::Ready);
+    assert_eq!(phase("dispatch-reports"), ServicePhase::Blocked);
+    let mut created = deployments_of(&name).await;
+    created.sort();
+    assert_eq!(created, ["dispatch", "records"]);
+    delete_plan(&name).await;
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn a_deleted_workload_is_rebuilt_and_credentials_are_regenerated_not_restored() {
+    install_crds().await;
+    let name = unique_name("rebuild");
+    let namespace = format!("{name}-dispatch");
+    let client = client().await;
+
+    // A credential left from before the incident: it must be replaced, not reused.
+    apply(
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+            .to_string(),
+    );
+    apply(
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db", "namespace": namespace},
+                "stringData": {"password": "hunter2-from-the-compromised-backup"}})
+        .to_string(),
+    );
+    let mut dispatch = service("dispatch", "life-critical", &namespace, &[], None);
+    dispatch["regenerateSecrets"] = json!([{"name": "db", "keys": ["password", "api-token"]}]);
+    apply(&plan(
+        &name,
+        json!({"tiers": [{"name": "life-critical", "rto": "15m"}], "services": [dispatch]}),
+    ));
+    wait(&name, "Ready", "60s");
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let secret = secrets.get("db").await.unwrap();
+    let data: BTreeMap<String, String> = secret
+        .data
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+        .collect();
+    assert_ne!(data["password"], "hunter2-from-the-compromised-backup");
+    assert_eq!(data["password"].len(), 64, "32 random bytes, hex");
+    assert_ne!(data["password"], data["api-token"]);
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let first = deployments.get("dispatch").await.unwrap().uid().unwrap();
+    deployments
+        .delete("dispatch", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    // Rebuilt from the watch event, counted as a second attempt, with a new object.
+    until(&name, "rebuilt and ready again", |status| {
+        status.services[0].attempts == 2 && status.services[0].phase == ServicePhase::Ready
+    })
+    .await;
+    let rebuilt = deployments.get("dispatch").await.unwrap().uid().unwrap();
+    assert_ne!(rebuilt, first);
+    wait(&name, "Ready", "60s");
+    // The regenerated secret survives the rebuild: the workload may already use it.
+    let again = secrets.get("db").await.unwrap().data.unwrap();
+    assert_eq!(
+        String::from_utf8(again["password"].0.clone()).unwrap(),
+        data["password"]
+    );
+    delete_plan(&name).await;
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn an_invalid_plan_is_stalled_and_creates_nothing() {
+    install_crds().await;
+    let name = unique_name("cycle");
+    let ns = |s: &str| format!("{name}-{s}");
+    apply(&plan(
+        &name,
+        json!({
+            "tiers": [{"name": "clinical", "rto": "4h"}],
+            "services": [
+                service("records", "clinical", &ns("records"), &["lab"], None),
+                service("lab", "clinical", &ns("lab"), &["records"], None),
+            ]
+        }),
+    ));
+    wait(&name, "Stalled", "30s");
+    let message = kubectl_ok(
+        &[
+            "get",
+            "recoveryplan",
+            &name,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Stalled\")].message}",
+        ],
+        None,
+    )
+    .unwrap();
+    assert!(
+        message.contains("records") && message.contains("lab"),
+        "{message}"
+    );
+    assert!(message.contains("cycle"), "{message}");
+    let namespaces: Api<Namespace> = Api::all(client().await);
+    let ours = namespaces
+        .list(&ListParams::default().labels(&format!("resurgo.dev/plan={name}")))
+        .await
+        .unwrap();
+    assert!(ours.items.is_empty(), "an invalid plan created namespaces");
+    assert!(deployments_of(&name).await.is_empty());
+    delete_plan(&name).await;
+}
+
+async fn delete_plan(name: &str) {
+    let plans: Api<RecoveryPlan> = Api::all(client().await);
+    plans.delete(name, &DeleteParams::default()).await.unwrap();
+}
