@@ -557,3 +557,134 @@ async fn delete_plan(name: &str) {
     let plans: Api<RecoveryPlan> = Api::all(client().await);
     plans.delete(name, &DeleteParams::default()).await.unwrap();
 }
+
+/// A Job spec the restricted Pod Security level admits; kwok completes its pod.
+fn job_spec() -> Value {
+    json!({
+        "backoffLimit": 0,
+        "template": {"spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "main", "image": "registry.example/tools:1",
+                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}
+            }]
+        }}
+    })
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn data_is_restored_before_the_workload_starts() {
+    install_crds().await;
+    let name = unique_name("restore");
+    let namespace = format!("{name}-records");
+    let mut records = service("records", "clinical", &namespace, &[], None);
+    records["dataRestore"] = json!({"name": "restore-data", "spec": job_spec()});
+    apply(&plan(
+        &name,
+        json!({"tiers": [{"name": "clinical", "rto": "4h"}], "services": [records]}),
+    ));
+    wait(&name, "Ready", "60s");
+
+    let client = client().await;
+    let job = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &namespace)
+        .get("records-restore-data")
+        .await
+        .unwrap();
+    assert_eq!(job.labels()["resurgo.dev/part"], "restore");
+    let completed = job
+        .status
+        .unwrap()
+        .completion_time
+        .expect("the restore Job completed")
+        .0;
+    let deployment = Api::<Deployment>::namespaced(client, &namespace)
+        .get("records")
+        .await
+        .unwrap();
+    let created = deployment.metadata.creation_timestamp.unwrap().0;
+    assert!(
+        created >= completed,
+        "the workload ({created}) was created before the restore completed ({completed})"
+    );
+    delete_plan(&name).await;
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn financial_data_is_verified_in_place_not_rebuilt() {
+    install_crds().await;
+    let name = unique_name("verify");
+    let namespace = format!("{name}-finance");
+    // The ledger survived the attack: its namespace is already there.
+    apply(
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+            .to_string(),
+    );
+    apply(&plan(
+        &name,
+        json!({
+            "tiers": [{"name": "finance", "rto": "24h"}],
+            "services": [{
+                "name": "ledger", "tier": "finance", "namespace": namespace, "action": "Verify",
+                "readiness": {"checks": [{"name": "checksums", "spec": job_spec()}]}
+            }]
+        }),
+    ));
+    wait(&name, "Ready", "60s");
+    let client = client().await;
+    let job = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &namespace)
+        .get("ledger-checksums")
+        .await
+        .unwrap();
+    assert!(job.status.unwrap().succeeded.unwrap_or(0) >= 1);
+    assert!(
+        deployments_of(&name).await.is_empty(),
+        "a verified service must not be rebuilt"
+    );
+    let namespace = Api::<Namespace>::all(client).get(&namespace).await.unwrap();
+    assert!(
+        !namespace.labels().contains_key("resurgo.dev/plan"),
+        "the operator took over a namespace it only verifies"
+    );
+    delete_plan(&name).await;
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn max_parallel_bounds_how_many_services_rebuild_at_once() {
+    install_crds().await;
+    let name = unique_name("parallel");
+    let ns = |s: &str| format!("{name}-{s}");
+    let mut events = record(&name).await;
+    apply(&plan(
+        &name,
+        json!({
+            "maxParallel": 1,
+            "tiers": [{"name": "booking", "rto": "72h"}],
+            "services": [
+                service("cup", "booking", &ns("cup"), &[], None),
+                service("vaccines", "booking", &ns("vaccines"), &[], None),
+                service("website", "booking", &ns("website"), &[], None),
+            ]
+        }),
+    ));
+    wait(&name, "Ready", "60s");
+    let log = collect_until_available(&mut events, &["cup", "vaccines", "website"]).await;
+    // One at a time: each service is created only after the one before it is available.
+    let created: Vec<&Seen> = log
+        .iter()
+        .filter(|e| matches!(e, Seen::Created(_)))
+        .collect();
+    for pair in created.windows(2) {
+        let (Seen::Created(before), Seen::Created(after)) = (pair[0], pair[1]) else {
+            unreachable!()
+        };
+        assert!(
+            position(&log, pair[1]) > position(&log, &Seen::Available(before.clone())),
+            "{after} was created while {before} was still rebuilding: {log:?}"
+        );
+    }
+    delete_plan(&name).await;
+}
