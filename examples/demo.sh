@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
-# The main job: bring up a local Kubernetes control plane, install Resurgo's CRDs and apply
-# the Lazio recovery scenario from examples/lazio.
+# The main job: bring up a local Kubernetes control plane, install Resurgo's CRDs, run the
+# operator and recover the Lazio health platform (examples/lazio) in priority order.
 #
 # Usage: examples/demo.sh [--keep]
-#   --keep   leave the cluster running at the end and print how to use it
+#   --keep   leave the cluster and the operator running at the end and print how to use them
 #
-# Today the operator has no controllers yet (they arrive with the recovery-plan, backup and
-# access issues): the demo shows the API the Lazio recovery is written in, validated by a
-# real kube-apiserver.
+# What is not built yet: the backup, access and incident controllers. Their resources are
+# applied and validated by the API server, but only the RecoveryPlan acts.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,13 +22,21 @@ tests/cluster/build.sh >/dev/null
 say "Building resurgo"
 cargo build --locked --quiet -p resurgo
 
+say "Checking the Lazio plan offline (resurgo plan, as a GitOps CI step would)"
+target/debug/resurgo plan -f examples/lazio
+
 base=/dev/shm
 [ -d "$base" ] && [ -w "$base" ] || base=${TMPDIR:-/tmp}
 work=$(mktemp -d "$base/resurgo-demo.XXXXXX")
+operator=
+stop() {
+  if [ -n "$operator" ]; then kill "$operator" 2>/dev/null && wait "$operator" 2>/dev/null || true; fi
+  tests/cluster/down.sh "$work"
+}
 if $keep; then
-  trap '[ $? -eq 0 ] || tests/cluster/down.sh "$work"' EXIT
+  trap '[ $? -eq 0 ] || stop' EXIT
 else
-  trap 'tests/cluster/down.sh "$work"' EXIT
+  trap stop EXIT
 fi
 
 say "Starting a local cluster (etcd, kube-apiserver, controller-manager, scheduler, kwok)"
@@ -43,22 +50,50 @@ target/debug/resurgo crd | kubectl apply --server-side -f -
 # crds/ holds the same YAML (a unit test fails when it is stale), so it names what to wait for.
 kubectl wait --for=condition=Established --timeout=60s -f crds/
 
-say "Applying the Lazio scenario: stores, schedules, access policy, recovery plan"
-for f in backup-store backup-schedule access-policy recovery-plan; do
+say "Starting the operator (log: $work/operator.log)"
+target/debug/resurgo run >"$work/operator.log" 2>&1 &
+operator=$!
+
+say "Applying the Lazio scenario: stores, schedules, access policy"
+for f in backup-store backup-schedule access-policy; do
   kubectl apply --server-side -f "examples/lazio/$f.yaml"
 done
 
-say "What the cluster now holds"
-kubectl get backupstores,backupschedules,accesspolicies,recoveryplans
-kubectl explain recoveryplan.spec.tiers | sed -n '1,20p'
+say "The financial systems survived the attack: their namespace is there, to be verified"
+kubectl create namespace finance
+kubectl -n finance create configmap ledger-balances --from-literal=closing-2021-07-31=verified-offline
 
-say "The recovery plan, tier by tier"
-kubectl get recoveryplan lazio-health \
-  -o jsonpath='{range .spec.tiers[*]}{.name}{"\t"}RTO {.rto}{"\t"}{.description}{"\n"}{end}'
+say "Applying the recovery plan: services come back tier by tier"
+kubectl apply --server-side -f examples/lazio/recovery-plan.yaml
+kubectl get recoveryplan lazio-health --watch &
+watcher=$!
+if ! kubectl wait --for=condition=Ready --timeout=300s recoveryplan/lazio-health >/dev/null; then
+  kill "$watcher" 2>/dev/null || true
+  kubectl get recoveryplan lazio-health -o yaml >&2
+  echo "The recovery did not finish; the operator's log:" >&2
+  tail -30 "$work/operator.log" >&2
+  exit 1
+fi
+kill "$watcher" 2>/dev/null || true
+wait "$watcher" 2>/dev/null || true
+
+say "Recovered. Services in the order they came back"
+kubectl get recoveryplan lazio-health -o jsonpath='{range .status.services[*]}{.tier}{"\t"}{.name}{"\t"}{.phase}{"\tstarted "}{.started}{"\tready "}{.ready}{"\n"}{end}' | column -t -s $'\t'
+
+say "Tiers against their RTO"
+kubectl get recoveryplan lazio-health -o jsonpath='{range .status.tiers[*]}{.name}{"\tRTO "}{.rtoTarget}{"\t"}{.rto}{"\tready "}{.ready}{"\n"}{end}' | column -t -s $'\t'
+
+say "What was rebuilt, hardened"
+kubectl get namespaces -l resurgo.dev/plan=lazio-health -L pod-security.kubernetes.io/enforce
+kubectl get networkpolicies -A -l resurgo.dev/plan=lazio-health
+kubectl get secrets -A -l resurgo.dev/plan=lazio-health
+
+say "The resources the next controllers will act on"
+kubectl get backupstores,backupschedules,accesspolicies
 
 if $keep; then
-  say "The cluster keeps running. Use it with:  source $env_file"
-  echo "Tear it down with:  tests/cluster/down.sh $work" >&2
+  say "The cluster and the operator keep running. Use them with:  source $env_file"
+  echo "Stop with:  kill $operator; tests/cluster/down.sh $work" >&2
 else
   say "Done; tearing the cluster down (run with --keep to leave it running)"
 fi

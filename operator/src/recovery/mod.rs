@@ -21,7 +21,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, Deployment, StatefulSet},
         batch::v1::Job,
-        core::v1::{ConfigMap, Namespace, Secret},
+        core::v1::{ConfigMap, Namespace, Secret, ServiceAccount},
         networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::apis::meta::v1::Time,
@@ -165,13 +165,20 @@ async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Action,
         }
     };
 
+    // One service's trouble (an API error, a missing namespace) must not hold the others
+    // back: it is noted on the service, the rest goes on, and the reconcile is retried.
+    let mut first_error: Option<Error> = None;
     let mut services = known_services(&plan, &previous);
     for service in &plan.spec.services {
         let record = services
             .get_mut(&service.name)
             .expect("every service has a record");
-        if is_started(record.phase) {
-            advance(&ctx, &plan, service, record, now).await?;
+        if !is_started(record.phase) {
+            continue;
+        }
+        if let Err(error) = advance(&ctx, &plan, service, record, now).await {
+            record.message = Some(format!("will retry: {error}"));
+            first_error.get_or_insert(error);
         }
     }
 
@@ -188,8 +195,14 @@ async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Action,
             let record = services
                 .get_mut(service_name)
                 .expect("planned services have records");
-            start(&ctx, &plan, service, record, now).await?;
-            advance(&ctx, &plan, service, record, now).await?;
+            let started = match start(&ctx, &plan, service, record, now).await {
+                Ok(()) => advance(&ctx, &plan, service, record, now).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = started {
+                record.message = Some(format!("will retry: {error}"));
+                first_error.get_or_insert(error);
+            }
         }
     }
     for blocked in &steps.blocked {
@@ -221,6 +234,9 @@ async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Action,
     announce(&ctx, &plan, &previous, &status).await;
     if status != previous {
         write_status(&ctx, &name, &status).await?;
+    }
+    if let Some(error) = first_error {
+        return Err(error);
     }
     Ok(next_deadline(&plan, &services, now).map_or_else(Action::await_change, Action::requeue))
 }
@@ -306,12 +322,6 @@ async fn start(
     let plan_name = plan.name_any();
     let namespace = &service.namespace;
     info!(plan = %plan_name, service = %service.name, "starting");
-    record.started = Some(Time(now));
-    record.ready = None;
-    record.attempts += 1;
-    record.blocked_on.clear();
-    record.phase = ServicePhase::Deploying;
-    record.message = Some("starting".into());
 
     let apply = PatchParams::apply(FIELD_MANAGER).force();
     if service.action == ServiceAction::Rebuild {
@@ -320,6 +330,29 @@ async fn start(
             .patch(namespace, &apply, &Patch::Apply(&ns))
             .await
             .map_err(kube_error("apply", format!("Namespace {namespace}")))?;
+        // Pods are refused until the namespace's `default` ServiceAccount exists, and the
+        // Job and ReplicaSet controllers then back off for many seconds. Creating it here
+        // (the ServiceAccount controller would, a moment later) removes that wait.
+        let default_account = ServiceAccount {
+            metadata: kube::api::ObjectMeta {
+                name: Some("default".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match Api::<ServiceAccount>::namespaced(ctx.client.clone(), namespace)
+            .create(&PostParams::default(), &default_account)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.is_already_exists() => {}
+            Err(error) => {
+                return Err(kube_error(
+                    "create",
+                    format!("ServiceAccount {namespace}/default"),
+                )(error));
+            }
+        }
         let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), namespace);
         for policy in desired::network_policies(&plan.spec, &plan_name, namespace) {
             let policy_name = policy.name_any();
@@ -365,6 +398,12 @@ async fn start(
         )
         .await;
     }
+    record.started = Some(Time(now));
+    record.ready = None;
+    record.attempts += 1;
+    record.blocked_on.clear();
+    record.phase = ServicePhase::Deploying;
+    record.message = Some("starting".into());
     Ok(())
 }
 
@@ -543,6 +582,11 @@ async fn run_job(
         Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => Ok(
             readiness::Readiness::Failed(format!("Job {name} was rejected: {}", status.message)),
         ),
+        // Only a Verify service runs Jobs in a namespace it did not create: what it should
+        // verify is not there.
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(readiness::Readiness::Failed(
+            format!("namespace {namespace} does not exist: there is nothing to verify"),
+        )),
         Err(error) => Err(kube_error("create", format!("Job {namespace}/{name}"))(
             error,
         )),
