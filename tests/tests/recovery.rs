@@ -688,3 +688,39 @@ async fn max_parallel_bounds_how_many_services_rebuild_at_once() {
     }
     delete_plan(&name).await;
 }
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn verifying_what_is_not_there_fails_and_says_why() {
+    install_crds().await;
+    let name = unique_name("missing");
+    let namespace = format!("{name}-finance");
+    apply(&plan(
+        &name,
+        json!({
+            "tiers": [{"name": "finance", "rto": "24h"}, {"name": "booking", "rto": "72h"}],
+            "services": [
+                {"name": "ledger", "tier": "finance", "namespace": namespace, "action": "Verify",
+                 "readiness": {"checks": [{"name": "checksums", "spec": job_spec()}]}},
+                service("cup", "booking", &format!("{name}-cup"), &[], None),
+            ]
+        }),
+    ));
+    wait(&name, "Stalled", "30s");
+    let status = plan_status(&name).await;
+    let ledger = status.services.iter().find(|s| s.name == "ledger").unwrap();
+    assert_eq!(ledger.phase, ServicePhase::Failed);
+    assert!(
+        ledger
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains(&format!("namespace {namespace} does not exist")),
+        "{ledger:?}"
+    );
+    assert!(
+        deployments_of(&name).await.is_empty(),
+        "booking must wait behind the failed tier"
+    );
+    delete_plan(&name).await;
+}
