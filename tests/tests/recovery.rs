@@ -501,6 +501,34 @@ async fn a_deleted_workload_is_rebuilt_and_credentials_are_regenerated_not_resto
     let rebuilt = deployments.get("dispatch").await.unwrap().uid().unwrap();
     assert_ne!(rebuilt, first);
     wait(&name, "Ready", "60s");
+    // Every transition is an Event on the plan, for `kubectl describe`.
+    let reasons = kubectl_ok(
+        &[
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ],
+        None,
+    )
+    .unwrap();
+    for reason in [
+        "SecretRegenerated",
+        "ServiceStarted",
+        "ServiceReady",
+        "ServiceLost",
+        "TierRecovered",
+        "PlanRecovered",
+    ] {
+        assert!(
+            reasons.split_whitespace().any(|r| r == reason),
+            "no {reason} event among {reasons}"
+        );
+    }
     // The regenerated secret survives the rebuild: the workload may already use it.
     let again = secrets.get("db").await.unwrap().data.unwrap();
     assert_eq!(
