@@ -36,7 +36,7 @@ use kube::{
         Controller,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
-        reflector::ObjectRef,
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -89,6 +89,64 @@ pub struct Context {
     recorder: Recorder,
     /// API resources of the kinds found in workloads, discovered once each.
     kinds: Mutex<BTreeMap<String, (ApiResource, Scope)>>,
+    /// The workloads the operator created, as its watches last saw them: a ready service is
+    /// checked against these on every reconcile, which would otherwise cost a read per
+    /// object per ready service.
+    created: Created,
+}
+
+struct Created {
+    deployments: Store<Deployment>,
+    stateful_sets: Store<StatefulSet>,
+    daemon_sets: Store<DaemonSet>,
+}
+
+impl Created {
+    /// Whether the cache has the object; `None` for kinds it does not hold.
+    fn has(&self, kind: &str, namespace: &str, name: &str) -> Option<bool> {
+        match kind {
+            "Deployment" => Some(
+                self.deployments
+                    .get(&ObjectRef::new(name).within(namespace))
+                    .is_some(),
+            ),
+            "StatefulSet" => Some(
+                self.stateful_sets
+                    .get(&ObjectRef::new(name).within(namespace))
+                    .is_some(),
+            ),
+            "DaemonSet" => Some(
+                self.daemon_sets
+                    .get(&ObjectRef::new(name).within(namespace))
+                    .is_some(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// A cache of `K` objects carrying the plan label, kept up to date by its own watch.
+async fn cache<K>(api: Api<K>) -> Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default().labels(labels::PLAN)),
+    );
+    tokio::spawn(stream.for_each(|_| futures::future::ready(())));
+    // Until the first list is in, every object would look deleted and be rebuilt.
+    if reader.wait_until_ready().await.is_err() {
+        warn!("a workload cache stopped before it was filled");
+    }
+    reader
 }
 
 /// Runs the controller until `shutdown` completes.
@@ -101,6 +159,11 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         kinds: Mutex::default(),
+        created: Created {
+            deployments: cache(Api::all(client.clone())).await,
+            stateful_sets: cache(Api::all(client.clone())).await,
+            daemon_sets: cache(Api::all(client.clone())).await,
+        },
     });
     let ours = watcher::Config::default().labels(labels::PLAN);
     Controller::new(
@@ -724,10 +787,16 @@ async fn workload_present(ctx: &Context, service: &Service) -> Result<bool, Erro
     };
     for manifest in &manifests {
         let object = desired::workload_object(manifest, &service.namespace, "", &service.name);
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        let kind = object["kind"].as_str().unwrap_or_default();
+        // The cache answers the common case; a miss is confirmed with a read, since the
+        // cache may not have seen an object created a moment ago.
+        if ctx.created.has(kind, &service.namespace, name) == Some(true) {
+            continue;
+        }
         let Ok(api) = object_api(ctx, &object, &service.namespace).await? else {
             continue;
         };
-        let name = object["metadata"]["name"].as_str().unwrap_or_default();
         if api
             .get_opt(name)
             .await
