@@ -89,6 +89,8 @@ pub struct Context {
     recorder: Recorder,
     /// API resources of the kinds found in workloads, discovered once each.
     kinds: Mutex<BTreeMap<String, (ApiResource, Scope)>>,
+    /// The last status written per plan, with the plan's uid (see [`last_status`]).
+    written: Mutex<BTreeMap<String, (Option<String>, RecoveryPlanStatus)>>,
     /// The workloads the operator created, as its watches last saw them: a ready service is
     /// checked against these on every reconcile, which would otherwise cost a read per
     /// object per ready service.
@@ -159,6 +161,7 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         kinds: Mutex::default(),
+        written: Mutex::default(),
         created: Created {
             deployments: cache(Api::all(client.clone())).await,
             stateful_sets: cache(Api::all(client.clone())).await,
@@ -206,9 +209,8 @@ fn error_policy(plan: Arc<RecoveryPlan>, error: &Error, _: Arc<Context>) -> Acti
 }
 
 async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let name = plan.name_any();
     let now = Timestamp::now();
-    let previous = plan.status.clone().unwrap_or_default();
+    let previous = last_status(&ctx, &plan).await;
 
     let order = match planner::plan(&plan.spec) {
         Ok(order) => order,
@@ -222,7 +224,7 @@ async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Action,
                     .collect::<Vec<_>>()
                     .join("; ");
                 publish(&ctx, &plan, EventType::Warning, "InvalidPlan", message).await;
-                write_status(&ctx, &name, &status).await?;
+                write_status(&ctx, &plan, &status).await?;
             }
             return Ok(Action::await_change());
         }
@@ -296,7 +298,7 @@ async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Action,
     let status = status::compute(&plan, &order, &services, &previous, now);
     announce(&ctx, &plan, &previous, &status).await;
     if status != previous {
-        write_status(&ctx, &name, &status).await?;
+        write_status(&ctx, &plan, &status).await?;
     }
     if let Some(error) = first_error {
         return Err(error);
@@ -888,12 +890,17 @@ fn next_deadline(
         .min()
 }
 
-async fn write_status(ctx: &Context, name: &str, status: &RecoveryPlanStatus) -> Result<(), Error> {
+async fn write_status(
+    ctx: &Context,
+    plan: &RecoveryPlan,
+    status: &RecoveryPlanStatus,
+) -> Result<(), Error> {
+    let name = plan.name_any();
     let patch =
         json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "RecoveryPlan", "status": status});
     Api::<RecoveryPlan>::all(ctx.client.clone())
         .patch_status(
-            name,
+            &name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&patch),
         )
@@ -902,7 +909,23 @@ async fn write_status(ctx: &Context, name: &str, status: &RecoveryPlanStatus) ->
             "write status of",
             format!("RecoveryPlan {name}"),
         ))?;
+    ctx.written
+        .lock()
+        .await
+        .insert(name, (plan.uid(), status.clone()));
     Ok(())
+}
+
+/// The status this operator last wrote for the plan, or the plan's own when it wrote none
+/// (since it started, or for an earlier plan of the same name). A reconcile is handed the
+/// plan from the watch cache, which can lag behind the last status write: trusting it would
+/// start services a second time. Only this operator writes the status, so its own last
+/// write is the truth.
+async fn last_status(ctx: &Context, plan: &RecoveryPlan) -> RecoveryPlanStatus {
+    match ctx.written.lock().await.get(&plan.name_any()) {
+        Some((uid, status)) if *uid == plan.uid() => status.clone(),
+        _ => plan.status.clone().unwrap_or_default(),
+    }
 }
 
 async fn publish(ctx: &Context, plan: &RecoveryPlan, type_: EventType, reason: &str, note: String) {
