@@ -78,10 +78,10 @@ kill "$watcher" 2>/dev/null || true
 wait "$watcher" 2>/dev/null || true
 
 say "Recovered. Services in the order they came back"
-kubectl get recoveryplan lazio-health -o jsonpath='{range .status.services[*]}{.tier}{"\t"}{.name}{"\t"}{.phase}{"\tstarted "}{.started}{"\tready "}{.ready}{"\n"}{end}' | column -t -s $'\t'
+kubectl get recoveryplan lazio-health -o jsonpath='{range .status.services[*]}{.tier}{"\t"}{.name}{"\t"}{.phase}{"\tstarted "}{.started}{"\tready "}{.ready}{"\n"}{end}'
 
 say "Tiers against their RTO"
-kubectl get recoveryplan lazio-health -o jsonpath='{range .status.tiers[*]}{.name}{"\tRTO "}{.rtoTarget}{"\t"}{.rto}{"\tready "}{.ready}{"\n"}{end}' | column -t -s $'\t'
+kubectl get recoveryplan lazio-health -o jsonpath='{range .status.tiers[*]}{.name}{"\tRTO "}{.rtoTarget}{"\t"}{.rto}{"\tready "}{.ready}{"\n"}{end}'
 
 say "What was rebuilt, hardened"
 kubectl get namespaces -l resurgo.dev/plan=lazio-health -L pod-security.kubernetes.io/enforce

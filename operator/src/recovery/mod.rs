@@ -527,7 +527,7 @@ async fn advance(
 
     if service.action == ServiceAction::Rebuild {
         if let Some(template) = &service.data_restore {
-            match run_job(
+            let restore = run_job(
                 ctx,
                 template,
                 namespace,
@@ -535,44 +535,28 @@ async fn advance(
                 &service.name,
                 "restore",
             )
-            .await?
-            {
-                readiness::Readiness::Ready => {}
-                readiness::Readiness::Progressing(message) => {
-                    {
-                        set(record, ServicePhase::RestoringData, message);
-                        return Ok(());
-                    };
-                }
-                readiness::Readiness::Failed(message) => {
-                    {
-                        set(record, ServicePhase::Failed, message);
-                        return Ok(());
-                    };
-                }
+            .await?;
+            if !reached(record, restore, ServicePhase::RestoringData) {
+                return Ok(());
             }
         }
         let manifests = match manifests(ctx, service).await? {
             Ok(manifests) => manifests,
             Err(message) => {
-                set(record, ServicePhase::Failed, message);
+                reached(
+                    record,
+                    readiness::Readiness::Failed(message),
+                    ServicePhase::Failed,
+                );
                 return Ok(());
             }
         };
-        match apply_workload(ctx, &plan_name, service, &manifests).await? {
-            readiness::Readiness::Ready => {}
-            readiness::Readiness::Progressing(message) => {
-                {
-                    set(record, ServicePhase::Deploying, message);
-                    return Ok(());
-                };
-            }
-            readiness::Readiness::Failed(message) => {
-                {
-                    set(record, ServicePhase::Failed, message);
-                    return Ok(());
-                };
-            }
+        if !reached(
+            record,
+            apply_workload(ctx, &plan_name, service, &manifests).await?,
+            ServicePhase::Deploying,
+        ) {
+            return Ok(());
         }
     }
 
@@ -582,20 +566,12 @@ async fn advance(
         .map(|r| r.checks.as_slice())
         .unwrap_or_default();
     for check in checks {
-        match run_job(ctx, check, namespace, &plan_name, &service.name, "check").await? {
-            readiness::Readiness::Ready => {}
-            readiness::Readiness::Progressing(message) => {
-                {
-                    set(record, ServicePhase::Verifying, message);
-                    return Ok(());
-                };
-            }
-            readiness::Readiness::Failed(message) => {
-                {
-                    set(record, ServicePhase::Failed, message);
-                    return Ok(());
-                };
-            }
+        if !reached(
+            record,
+            run_job(ctx, check, namespace, &plan_name, &service.name, "check").await?,
+            ServicePhase::Verifying,
+        ) {
+            return Ok(());
         }
     }
 
@@ -605,9 +581,16 @@ async fn advance(
     Ok(())
 }
 
-fn set(record: &mut ServiceStatus, phase: ServicePhase, message: String) {
+/// Records where a step stands; true when it is done and the next step may run.
+fn reached(record: &mut ServiceStatus, step: readiness::Readiness, waiting: ServicePhase) -> bool {
+    let (phase, message) = match step {
+        readiness::Readiness::Ready => return true,
+        readiness::Readiness::Progressing(message) => (waiting, message),
+        readiness::Readiness::Failed(message) => (ServicePhase::Failed, message),
+    };
     record.phase = phase;
     record.message = Some(message);
+    false
 }
 
 /// Creates the Job when it does not exist yet, and says how far it is.
