@@ -14,6 +14,7 @@ pub mod labels;
 pub mod operator;
 pub mod planner;
 pub mod recovery;
+pub mod status_view;
 pub mod yaml;
 
 #[cfg(test)]

@@ -40,6 +40,9 @@ enum Command {
         #[arg(short = 'f', long = "filename", value_name = "PATH")]
         path: PathBuf,
     },
+    /// Show where the recovery stands: each plan's tiers with progress bars, what every
+    /// service is doing or waiting for, and time against each tier's RTO.
+    Status(resurgo::status_view::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         }
         Command::Crd { out_dir } => crd(out_dir),
         Command::Plan { path } => plan(&path),
+        Command::Status(args) => resurgo::status_view::run(args).map_err(CliError::Status),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -73,6 +77,8 @@ enum CliError {
     Plan(#[from] plan_report::CheckFailed),
     #[error(transparent)]
     Operator(resurgo::operator::StartError),
+    #[error(transparent)]
+    Status(resurgo::status_view::StatusError),
 }
 
 fn plan(path: &Path) -> Result<(), CliError> {

@@ -160,3 +160,12 @@ pub fn example_files() -> Result<Vec<PathBuf>> {
     files.sort();
     Ok(files)
 }
+
+/// A binary of the `resurgo` package (`resurgo`, `kubectl-resurgo`) as tests/run.sh built
+/// it: from `RESURGO_BIN_DIR`, or the workspace's debug target directory.
+pub fn resurgo_bin(name: &str) -> PathBuf {
+    std::env::var_os("RESURGO_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/debug"))
+        .join(name)
+}

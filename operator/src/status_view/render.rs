@@ -1,0 +1,229 @@
+//! The text form of the status view: one block per plan, one progress bar per tier, one line
+//! per service saying what it is doing or waiting for. Plain text, so it reads the same in
+//! a terminal, a CI log or a pipe; the terminal view only redraws it.
+
+use std::fmt::Write;
+
+use crate::api::recovery_plan::{PlanPhase, RtoResult, ServicePhase};
+
+use super::view::{PlanView, TierView};
+
+/// Width of a tier's progress bar, in characters.
+const BAR_WIDTH: usize = 20;
+
+/// Renders `plans` as text.
+pub fn render(plans: &[PlanView]) -> String {
+    if plans.is_empty() {
+        return "no RecoveryPlans found\n".to_owned();
+    }
+    let mut out = String::new();
+    for (i, plan) in plans.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        render_plan(&mut out, plan);
+    }
+    out
+}
+
+fn render_plan(out: &mut String, plan: &PlanView) {
+    let _ = writeln!(
+        out,
+        "RecoveryPlan {}  {}  {}/{} ready  elapsed {}  RTO {}",
+        plan.name,
+        phase_word(plan.phase),
+        plan.ready_services,
+        plan.total_services,
+        elapsed(plan.elapsed_seconds),
+        rto_word(plan.rto),
+    );
+    if let Some(reason) = &plan.stalled {
+        let _ = writeln!(out, "  STALLED: {reason}");
+    }
+    let name_width = plan
+        .tiers
+        .iter()
+        .flat_map(|t| t.services.iter().map(|s| s.name.len()))
+        .max()
+        .unwrap_or(0);
+    for tier in &plan.tiers {
+        render_tier(out, tier, name_width);
+    }
+}
+
+fn render_tier(out: &mut String, tier: &TierView, name_width: usize) {
+    let _ = writeln!(
+        out,
+        "  {} {:<14} {}/{}  {} / RTO {}  {}",
+        bar(tier.ready_services, tier.total_services),
+        tier.name,
+        tier.ready_services,
+        tier.total_services,
+        elapsed(tier.elapsed_seconds),
+        tier.rto_target,
+        match tier.rto {
+            RtoResult::Met => "met",
+            RtoResult::Breached => "BREACHED",
+            RtoResult::Pending => phase_word(tier.phase),
+        },
+    );
+    for service in &tier.services {
+        let detail = match (service.phase, &service.message) {
+            (ServicePhase::Blocked | ServicePhase::Pending, _)
+                if !service.blocked_on.is_empty() =>
+            {
+                format!("waiting for {}", service.blocked_on.join(", "))
+            }
+            // "Ready  ready" says nothing twice.
+            (phase, Some(message)) if !message.eq_ignore_ascii_case(&format!("{phase:?}")) => {
+                message.clone()
+            }
+            _ => String::new(),
+        };
+        let time = service
+            .elapsed_seconds
+            .map(|s| format!(" {:>7}", seconds(s)))
+            .unwrap_or_else(|| " ".repeat(8));
+        let line = format!(
+            "      {:<width$}  {:<13}{}  {}",
+            service.name,
+            format!("{:?}", service.phase),
+            time,
+            detail,
+            width = name_width,
+        );
+        // Trailing spaces would make the diffs of watch output noisy.
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+/// `[########------------]`: the share of the tier's services that are ready.
+fn bar(ready: u32, total: u32) -> String {
+    let filled = if total == 0 {
+        BAR_WIDTH
+    } else {
+        (ready as usize * BAR_WIDTH) / total as usize
+    };
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(BAR_WIDTH - filled))
+}
+
+fn elapsed(seconds_opt: Option<u64>) -> String {
+    seconds_opt.map_or_else(|| "-".to_owned(), seconds)
+}
+
+/// `59s`, `4m05s`, `2h03m`: short enough for a column, exact enough to compare to an RTO.
+fn seconds(total: u64) -> String {
+    match total {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn phase_word(phase: PlanPhase) -> &'static str {
+    match phase {
+        PlanPhase::Pending => "Pending",
+        PlanPhase::Recovering => "Recovering",
+        PlanPhase::Recovered => "Recovered",
+        PlanPhase::Degraded => "Degraded",
+        PlanPhase::Failed => "Failed",
+    }
+}
+
+fn rto_word(rto: RtoResult) -> &'static str {
+    match rto {
+        RtoResult::Pending => "pending",
+        RtoResult::Met => "met",
+        RtoResult::Breached => "BREACHED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status_view::view::ServiceView;
+
+    fn view() -> PlanView {
+        PlanView {
+            name: "lazio".into(),
+            phase: PlanPhase::Recovering,
+            ready_services: 1,
+            total_services: 3,
+            rto: RtoResult::Pending,
+            elapsed_seconds: Some(125),
+            stalled: None,
+            tiers: vec![
+                TierView {
+                    name: "life-critical".into(),
+                    phase: PlanPhase::Recovered,
+                    ready_services: 1,
+                    total_services: 1,
+                    rto_target: "15m".into(),
+                    rto: RtoResult::Met,
+                    elapsed_seconds: Some(40),
+                    services: vec![ServiceView {
+                        name: "dispatch-118".into(),
+                        phase: ServicePhase::Ready,
+                        blocked_on: vec![],
+                        message: Some("ready".into()),
+                        elapsed_seconds: Some(40),
+                    }],
+                },
+                TierView {
+                    name: "booking".into(),
+                    phase: PlanPhase::Recovering,
+                    ready_services: 0,
+                    total_services: 2,
+                    rto_target: "72h".into(),
+                    rto: RtoResult::Pending,
+                    elapsed_seconds: Some(125),
+                    services: vec![
+                        ServiceView {
+                            name: "cup".into(),
+                            phase: ServicePhase::Deploying,
+                            blocked_on: vec![],
+                            message: Some("waiting for deployment/cup".into()),
+                            elapsed_seconds: Some(85),
+                        },
+                        ServiceView {
+                            name: "vaccines".into(),
+                            phase: ServicePhase::Blocked,
+                            blocked_on: vec!["cup".into()],
+                            message: None,
+                            elapsed_seconds: None,
+                        },
+                    ],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn tiers_get_bars_and_services_say_what_they_wait_for() {
+        let text = render(&[view()]);
+        assert_eq!(
+            text,
+            "\
+RecoveryPlan lazio  Recovering  1/3 ready  elapsed 2m05s  RTO pending
+  [####################] life-critical  1/1  40s / RTO 15m  met
+      dispatch-118  Ready             40s
+  [--------------------] booking        0/2  2m05s / RTO 72h  Recovering
+      cup           Deploying       1m25s  waiting for deployment/cup
+      vaccines      Blocked                waiting for cup
+"
+        );
+    }
+
+    #[test]
+    fn bars_fill_in_proportion() {
+        assert_eq!(bar(1, 2), format!("[{}{}]", "#".repeat(10), "-".repeat(10)));
+        assert_eq!(bar(0, 0), format!("[{}]", "#".repeat(20)));
+    }
+
+    #[test]
+    fn durations_read_like_an_rto() {
+        assert_eq!(seconds(59), "59s");
+        assert_eq!(seconds(245), "4m05s");
+        assert_eq!(seconds(7380), "2h03m");
+    }
+}
