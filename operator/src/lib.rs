@@ -9,7 +9,9 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod api;
+pub mod conditions;
 pub mod crd_files;
+pub mod incident;
 pub mod labels;
 pub mod operator;
 pub mod planner;

@@ -7,39 +7,8 @@ use std::{
     time::Duration,
 };
 
-use resurgo_tests::{install_crds, k8s_bin, kubectl, kubectl_ok, resurgo_bin, unique_name};
+use resurgo_tests::{apply, deployment, install_crds, k8s_bin, kubectl, resurgo_bin, unique_name};
 use serde_json::{Value, json};
-
-fn deployment(name: &str) -> Value {
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": {
-                "securityContext": {"runAsNonRoot": true, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
-                "containers": [{
-                    "name": "main", "image": "registry.example/app:1",
-                    "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}
-                }]
-            }}
-        }
-    })
-}
-
-fn apply(manifest: &Value) {
-    kubectl_ok(
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=resurgo-tests",
-            "-f",
-            "-",
-        ],
-        Some(&manifest.to_string()),
-    )
-    .expect("apply");
-}
 
 fn status(args: &[&str]) -> std::process::Output {
     Command::new(resurgo_bin("resurgo"))
@@ -64,14 +33,14 @@ async fn status_follows_a_recovery_and_the_kubectl_plugin_shows_the_same() {
                 "tiers": [{"name": "life-critical", "rto": "15m"}, {"name": "booking", "rto": "72h"}],
                 "services": [
                     {"name": "dispatch", "tier": "life-critical", "namespace": namespace,
-                     "workload": {"manifests": [deployment("dispatch")]}},
+                     "workload": {"manifests": [deployment("dispatch", None)]}},
                     {"name": "booking", "tier": "booking", "namespace": namespace, "dependsOn": ["dispatch"],
-                     "workload": {"manifests": [deployment("booking")]}}
+                     "workload": {"manifests": [deployment("booking", None)]}}
                 ]
             }
         })
     };
-    apply(&plan(true));
+    apply(&plan(true).to_string());
 
     // Follow the plan from before it starts: not a terminal, so one JSON document per change.
     let mut watch = Command::new(resurgo_bin("resurgo"))
@@ -97,7 +66,7 @@ async fn status_follows_a_recovery_and_the_kubectl_plugin_shows_the_same() {
     assert_eq!(first[0]["name"], json!(name));
     assert_eq!(first[0]["readyServices"], json!(0));
 
-    apply(&plan(false));
+    apply(&plan(false).to_string());
     let mut frames = vec![first];
     let recovered = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.recv().await {
