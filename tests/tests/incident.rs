@@ -190,6 +190,22 @@ async fn a_drill_rebuilds_isolated_copies_measures_them_and_cleans_up() {
     );
     assert!(status.tiers.iter().all(|t| t.plan == plan_name));
 
+    // `resurgo status --incident` shows the same: the steps and the measured tiers.
+    let view = std::process::Command::new(resurgo_tests::resurgo_bin("resurgo"))
+        .args(["status", "--incident", &name, "-o", "json"])
+        .output()
+        .expect("run resurgo status");
+    assert!(
+        view.status.success(),
+        "{}",
+        String::from_utf8_lossy(&view.stderr)
+    );
+    let view: Value = serde_json::from_slice(&view.stdout).expect("JSON");
+    assert_eq!(view["phase"], json!("Recovered"));
+    assert_eq!(view["mode"], json!("Drill"));
+    assert_eq!(view["timeline"][2]["step"], json!("CleanUp"));
+    assert_eq!(view["tiers"][0]["tier"], json!("life-critical"));
+
     // Nothing is left: the copy and its namespaces are gone.
     let plans: Api<RecoveryPlan> = Api::all(client.clone());
     assert!(plans.get_opt(&copy_name).await.unwrap().is_none());

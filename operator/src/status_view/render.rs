@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use crate::api::recovery_plan::{PlanPhase, RtoResult, ServicePhase};
 
-use super::view::{PlanView, TierView};
+use super::view::{IncidentView, PlanView, TierView};
 
 /// Width of a tier's progress bar, in characters.
 const BAR_WIDTH: usize = 20;
@@ -21,6 +21,65 @@ pub fn render(plans: &[PlanView]) -> String {
         if i > 0 {
             out.push('\n');
         }
+        render_plan(&mut out, plan);
+    }
+    out
+}
+
+/// Renders an incident: its timeline, restore points and tier results, then its plans.
+pub fn render_incident(incident: &IncidentView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Incident {}  {:?}  {:?}  {:?}  compromised since {}",
+        incident.name, incident.mode, incident.state, incident.phase, incident.compromised_since
+    );
+    if incident.timeline.is_empty() {
+        out.push_str("  no step taken yet\n");
+    }
+    for step in &incident.timeline {
+        let line = format!(
+            "  {:<8} {:<20} {:>7}  {}",
+            format!("{:?}", step.state),
+            step.step,
+            seconds(step.elapsed_seconds),
+            step.message.as_deref().unwrap_or("")
+        );
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    if !incident.restore_points.is_empty() {
+        out.push_str("  Restore points:\n");
+        for point in &incident.restore_points {
+            let _ = writeln!(
+                out,
+                "    {}/{}  {}  data-loss window {}",
+                point.plan,
+                point.service,
+                point.backup.as_deref().unwrap_or("NONE"),
+                point.data_loss_window.as_deref().unwrap_or("-"),
+            );
+        }
+    }
+    if !incident.tiers.is_empty() {
+        out.push_str("  Tiers against their RTO:\n");
+        for tier in &incident.tiers {
+            let _ = writeln!(
+                out,
+                "    {}/{}  ready after {}  RTO {}  {}",
+                tier.plan,
+                tier.tier,
+                tier.time_to_ready.as_deref().unwrap_or("-"),
+                tier.rto_target,
+                match tier.met {
+                    Some(true) => "met",
+                    Some(false) => "BREACHED",
+                    None => "pending",
+                }
+            );
+        }
+    }
+    for plan in &incident.plans {
+        out.push('\n');
         render_plan(&mut out, plan);
     }
     out
@@ -210,6 +269,63 @@ RecoveryPlan lazio  Recovering  1/3 ready  elapsed 2m05s  RTO pending
   [--------------------] booking        0/2  2m05s / RTO 72h  Recovering
       cup           Deploying       1m25s  waiting for deployment/cup
       vaccines      Blocked                waiting for cup
+"
+        );
+    }
+
+    #[test]
+    fn an_incident_shows_its_timeline_restore_points_and_tiers() {
+        use crate::api::incident::{
+            ChosenRestorePoint, IncidentMode, IncidentPhase, IncidentState, StepState, TierResult,
+        };
+        use crate::status_view::view::StepView;
+        let incident = IncidentView {
+            name: "ransomware".into(),
+            mode: IncidentMode::Real,
+            state: IncidentState::Open,
+            phase: IncidentPhase::Recovering,
+            compromised_since: "2021-07-31T23:00:00Z".into(),
+            timeline: vec![
+                StepView {
+                    step: "Lockdown".into(),
+                    state: StepState::Done,
+                    elapsed_seconds: 2,
+                    message: Some("lazio-access in Lockdown".into()),
+                },
+                StepView {
+                    step: "Recover".into(),
+                    state: StepState::Running,
+                    elapsed_seconds: 125,
+                    message: Some("recovering: lazio 1/3".into()),
+                },
+            ],
+            restore_points: vec![ChosenRestorePoint {
+                plan: "lazio".into(),
+                service: "records".into(),
+                backup: Some("nightly-0731".into()),
+                backup_completed: None,
+                data_loss_window: Some("21h".into()),
+                message: None,
+            }],
+            tiers: vec![TierResult {
+                plan: "lazio".into(),
+                tier: "life-critical".into(),
+                rto_target: "15m".into(),
+                time_to_ready: Some("40s".into()),
+                met: Some(true),
+            }],
+            plans: vec![],
+        };
+        assert_eq!(
+            render_incident(&incident),
+            "\
+Incident ransomware  Real  Open  Recovering  compromised since 2021-07-31T23:00:00Z
+  Done     Lockdown                  2s  lazio-access in Lockdown
+  Running  Recover                2m05s  recovering: lazio 1/3
+  Restore points:
+    lazio/records  nightly-0731  data-loss window 21h
+  Tiers against their RTO:
+    lazio/life-critical  ready after 40s  RTO 15m  met
 "
         );
     }

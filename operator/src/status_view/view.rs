@@ -7,7 +7,92 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde::Serialize;
 
-use crate::api::recovery_plan::{PlanPhase, RecoveryPlan, RtoResult, ServicePhase};
+use crate::{
+    api::{
+        incident::{
+            ChosenRestorePoint, Incident, IncidentMode, IncidentPhase, IncidentState, StepState,
+            TierResult,
+        },
+        recovery_plan::{PlanPhase, RecoveryPlan, RtoResult, ServicePhase},
+    },
+    labels,
+};
+
+/// An incident as the status view shows it: its timeline, the restore points it chose, the
+/// tiers against their RTOs, and its plans (a drill's copies, while they exist).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IncidentView {
+    pub name: String,
+    pub mode: IncidentMode,
+    pub state: IncidentState,
+    /// `Pending` until the operator has written a status.
+    pub phase: IncidentPhase,
+    pub compromised_since: String,
+    pub timeline: Vec<StepView>,
+    pub restore_points: Vec<ChosenRestorePoint>,
+    pub tiers: Vec<TierResult>,
+    pub plans: Vec<PlanView>,
+}
+
+/// One step of an incident's timeline.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepView {
+    pub step: String,
+    pub state: StepState,
+    /// Seconds from its start until it finished (or until now).
+    pub elapsed_seconds: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl IncidentView {
+    /// The view of `incident` at `now`, with the plans it runs picked from `plans`: the
+    /// named ones for a real incident, its copies for a drill.
+    pub fn of(incident: &Incident, plans: &[RecoveryPlan], now: Timestamp) -> Self {
+        let status = incident.status.clone().unwrap_or_default();
+        let name = incident.name_any();
+        let ours = |plan: &&RecoveryPlan| match incident.spec.mode {
+            IncidentMode::Real => incident.spec.recovery_plans.contains(&plan.name_any()),
+            IncidentMode::Drill => plan.labels().get(labels::INCIDENT) == Some(&name),
+        };
+        let mut plans: Vec<PlanView> = plans
+            .iter()
+            .filter(ours)
+            .map(|plan| PlanView::of(plan, now))
+            .collect();
+        plans.sort_by(|a, b| a.name.cmp(&b.name));
+        IncidentView {
+            name,
+            mode: incident.spec.mode,
+            state: incident.spec.state,
+            phase: status.phase.unwrap_or(IncidentPhase::Pending),
+            compromised_since: incident.spec.compromised_since.0.to_string(),
+            timeline: status
+                .timeline
+                .iter()
+                .map(|entry| StepView {
+                    step: entry.step.clone(),
+                    state: entry.state,
+                    elapsed_seconds: StdDuration::try_from(
+                        entry
+                            .finished
+                            .as_ref()
+                            .map_or(now, |t| t.0)
+                            .duration_since(entry.started.0),
+                    )
+                    .unwrap_or_default()
+                    .as_secs(),
+                    message: entry.message.clone(),
+                })
+                .collect(),
+            restore_points: status.restore_points,
+            tiers: status.tiers,
+            plans,
+        }
+    }
+}
 
 /// One plan as the status view shows it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
