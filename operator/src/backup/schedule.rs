@@ -1,0 +1,383 @@
+//! The BackupSchedule controller: creates a Backup when a run is due (a requeue at the next
+//! run time, never a poll), and applies retention when its backups change.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType, Recorder},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{
+    Error, PRUNING_FROZEN_ANNOTATION, SCHEDULE_LABEL, archive, conditions, cron, engine,
+    kube_error, retention, run_backup,
+};
+use crate::{
+    api::{
+        backup::{Backup, BackupPhase, BackupSpec, VerificationState},
+        backup_schedule::{BackupSchedule, BackupScheduleStatus},
+        incident::{Incident, IncidentState},
+    },
+    labels::{self, FIELD_MANAGER},
+};
+
+pub struct Context {
+    client: Client,
+    recorder: Recorder,
+    /// The status this process last wrote per schedule uid (the watch cache may lag).
+    written: Mutex<BTreeMap<String, BackupScheduleStatus>>,
+}
+
+pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let context = Arc::new(Context {
+        recorder: super::recorder(&client),
+        client: client.clone(),
+        written: Mutex::default(),
+    });
+    Controller::new(
+        Api::<BackupSchedule>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .watches(
+        Api::<Backup>::all(client),
+        watcher::Config::default().labels(SCHEDULE_LABEL),
+        |backup: Backup| {
+            backup
+                .labels()
+                .get(SCHEDULE_LABEL)
+                .map(|name| ObjectRef::new(name))
+        },
+    )
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, context)
+    .for_each(|result| async move {
+        if let Err(error) = result {
+            warn!(%error, "schedule reconcile failed");
+        }
+    })
+    .await;
+}
+
+fn error_policy(schedule: Arc<BackupSchedule>, error: &Error, _: Arc<Context>) -> Action {
+    warn!(schedule = %schedule.name_any(), %error, "will retry");
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// Name of the Backup for the run due at `due`: the same for every retry of that run.
+pub fn backup_name(schedule: &str, due: Timestamp) -> String {
+    let stamp = due.strftime("%Y%m%d%H%M").to_string();
+    let prefix: String = schedule.chars().take(253 - 13).collect();
+    format!("{prefix}-{stamp}")
+}
+
+async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = schedule.name_any();
+    let uid = schedule.uid().unwrap_or_default();
+    let previous = ctx
+        .written
+        .lock()
+        .expect("not poisoned")
+        .get(&uid)
+        .cloned()
+        .unwrap_or_else(|| schedule.status.clone().unwrap_or_default());
+    let now = Timestamp::now();
+    let spec = &schedule.spec;
+    let generation = schedule.metadata.generation;
+    let mut status = previous.clone();
+    status.observed_generation = generation;
+
+    let next_after = |after: Timestamp| cron::next_run(&spec.schedule.0, &spec.time_zone, after);
+    let mut requeue = None;
+    match next_after(now) {
+        Err(problem) => {
+            status.next_run = None;
+            status.conditions = conditions(
+                &previous.conditions,
+                generation,
+                now,
+                &[
+                    ("Ready", false, "InvalidSchedule", problem.clone()),
+                    ("Stalled", true, "InvalidSchedule", problem),
+                ],
+            );
+        }
+        Ok(next_from_now) => {
+            // A spec change re-reads the schedule from now.
+            let due = match &previous.next_run {
+                Some(due) if previous.observed_generation == generation => due.0,
+                _ => next_from_now,
+            };
+            let mut next = due;
+            if due <= now {
+                if !spec.suspend {
+                    let backup = create_backup(&ctx, &schedule, due).await?;
+                    status.last_backup = Some(backup);
+                }
+                next = next_from_now;
+            }
+            status.next_run = Some(Time(next));
+            let wait = next.duration_since(now).as_secs_f64().max(0.0);
+            requeue = Some(Duration::from_secs_f64(wait) + Duration::from_millis(50));
+            status.conditions = conditions(
+                &previous.conditions,
+                generation,
+                now,
+                &[
+                    (
+                        "Ready",
+                        true,
+                        if spec.suspend {
+                            "Suspended"
+                        } else {
+                            "Scheduled"
+                        },
+                        format!("next run at {next}"),
+                    ),
+                    ("Stalled", false, "Scheduled", String::new()),
+                ],
+            );
+        }
+    }
+
+    // Retention over this schedule's backups.
+    let backups = Api::<Backup>::all(ctx.client.clone())
+        .list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}={name}")))
+        .await
+        .map_err(kube_error(
+            "list the Backups of",
+            format!("BackupSchedule {name}"),
+        ))?
+        .items;
+    let frozen = pruning_frozen(&ctx, &schedule).await?;
+    status.pruning_frozen = frozen;
+    let newest_completed = backups
+        .iter()
+        .filter_map(|b| b.status.as_ref())
+        .filter(|s| s.phase == Some(BackupPhase::Completed))
+        .filter_map(|s| s.completed.clone())
+        .max_by_key(|t| t.0);
+    if newest_completed.is_some() {
+        status.last_successful_backup_time = newest_completed;
+    }
+    let newest_verified = backups
+        .iter()
+        .filter_map(|b| b.status.as_ref()?.verification.as_ref())
+        .filter(|v| v.state == VerificationState::Verified)
+        .filter_map(|v| v.time.clone())
+        .max_by_key(|t| t.0);
+    if newest_verified.is_some() {
+        status.last_verified_time = newest_verified;
+    }
+    let candidates: Vec<_> = backups.iter().map(candidate).collect();
+    for doomed in retention::to_delete(&candidates, &spec.retention, frozen, now) {
+        let Some(backup) = backups.iter().find(|b| b.name_any() == doomed) else {
+            continue;
+        };
+        prune(&ctx, &schedule, backup).await?;
+    }
+
+    if status != previous {
+        let patch = json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "BackupSchedule", "status": status});
+        Api::<BackupSchedule>::all(ctx.client.clone())
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(kube_error(
+                "write status of",
+                format!("BackupSchedule {name}"),
+            ))?;
+        ctx.written
+            .lock()
+            .expect("not poisoned")
+            .insert(uid, status);
+    }
+    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+fn candidate(backup: &Backup) -> retention::Candidate {
+    let status = backup.status.clone().unwrap_or_default();
+    retention::Candidate {
+        name: backup.name_any(),
+        completed: status
+            .completed
+            .filter(|_| status.phase == Some(BackupPhase::Completed))
+            .map(|t| t.0),
+        verified: status
+            .verification
+            .is_some_and(|v| v.state == VerificationState::Verified),
+        immutable_until: status.immutable_until.map(|t| t.0),
+    }
+}
+
+/// Pruning stops while the schedule carries the annotation or any Incident is open.
+async fn pruning_frozen(ctx: &Context, schedule: &BackupSchedule) -> Result<bool, Error> {
+    if schedule
+        .annotations()
+        .get(PRUNING_FROZEN_ANNOTATION)
+        .is_some_and(|v| v == "true")
+    {
+        return Ok(true);
+    }
+    let incidents = Api::<Incident>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_error("list", "Incidents"))?;
+    Ok(incidents
+        .items
+        .iter()
+        .any(|i| i.spec.state == IncidentState::Open))
+}
+
+async fn create_backup(
+    ctx: &Context,
+    schedule: &BackupSchedule,
+    due: Timestamp,
+) -> Result<String, Error> {
+    let name = backup_name(&schedule.name_any(), due);
+    let spec = &schedule.spec;
+    let backup = Backup {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(BTreeMap::from([
+                (SCHEDULE_LABEL.to_owned(), schedule.name_any()),
+                (
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    labels::MANAGED_BY.to_owned(),
+                ),
+            ])),
+            ..Default::default()
+        },
+        spec: BackupSpec {
+            schedule: Some(schedule.name_any()),
+            store: spec.store.clone(),
+            include: spec.include.clone(),
+            exclude_kinds: spec.exclude_kinds.clone(),
+            data_dumps: spec.data_dumps.clone(),
+            encryption: spec.encryption.clone(),
+            immutability: spec.immutability.clone(),
+        },
+        status: None,
+    };
+    match Api::<Backup>::all(ctx.client.clone())
+        .create(&PostParams::default(), &backup)
+        .await
+    {
+        Ok(_) => {
+            info!(schedule = %schedule.name_any(), backup = %name, "backup due: created");
+            publish(
+                ctx,
+                schedule,
+                EventType::Normal,
+                "BackupCreated",
+                format!("run due at {due}: Backup {name}"),
+            )
+            .await;
+        }
+        Err(kube::Error::Api(status)) if status.is_already_exists() => {}
+        Err(error) => return Err(kube_error("create", format!("Backup {name}"))(error)),
+    }
+    Ok(name)
+}
+
+/// Deletes a backup's files, then its Backup object. A store that refuses (object lock)
+/// keeps both, and says so.
+async fn prune(ctx: &Context, schedule: &BackupSchedule, backup: &Backup) -> Result<(), Error> {
+    let name = backup.name_any();
+    let location = backup
+        .status
+        .as_ref()
+        .and_then(|s| s.location.clone())
+        .unwrap_or_else(|| run_backup::location(&name));
+    let store = engine::store_named(&ctx.client, &backup.spec.store)
+        .await
+        .map_err(kube_error("open the store of", format!("Backup {name}")))?;
+    let store = match store {
+        Ok(store) => store,
+        Err(failure) => {
+            publish(
+                ctx,
+                schedule,
+                EventType::Warning,
+                "PruneFailed",
+                format!("{name}: {failure}"),
+            )
+            .await;
+            return Ok(());
+        }
+    };
+    for file in [archive::MANIFEST, archive::OBJECTS] {
+        if let Err(error) = store.delete(&format!("{location}{file}")).await
+            && !error.is_not_found()
+        {
+            publish(
+                ctx,
+                schedule,
+                EventType::Warning,
+                "PruneFailed",
+                format!("{name}: {error}"),
+            )
+            .await;
+            return Ok(());
+        }
+    }
+    match Api::<Backup>::all(ctx.client.clone())
+        .delete(&name, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.is_not_found() => {}
+        Err(error) => return Err(kube_error("delete", format!("Backup {name}"))(error)),
+    }
+    info!(schedule = %schedule.name_any(), backup = %name, "pruned by retention");
+    publish(
+        ctx,
+        schedule,
+        EventType::Normal,
+        "BackupPruned",
+        format!("{name} deleted by retention"),
+    )
+    .await;
+    Ok(())
+}
+
+async fn publish(
+    ctx: &Context,
+    schedule: &BackupSchedule,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Schedule".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx
+        .recorder
+        .publish(&event, &schedule.object_ref(&()))
+        .await
+    {
+        warn!(schedule = %schedule.name_any(), %error, "could not publish event");
+    }
+}
