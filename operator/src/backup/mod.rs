@@ -70,6 +70,10 @@ pub const SCHEDULE_LABEL: &str = "resurgo.dev/schedule";
 /// Incident freezes it too.
 pub const PRUNING_FROZEN_ANNOTATION: &str = "resurgo.dev/pruning-frozen";
 
+/// Annotation on a Backup brought from another cluster (with its status, which records the
+/// manifest hash): the Backup controller never runs it, and restores may use it.
+pub const IMPORTED_ANNOTATION: &str = "resurgo.dev/imported";
+
 /// What a reconcile could not do. Each variant names the object it failed on.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

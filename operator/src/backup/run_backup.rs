@@ -71,6 +71,13 @@ async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Err
     let name = backup.name_any();
     let uid = backup.uid().unwrap_or_default();
     let previous = backup.status.clone().unwrap_or_default();
+    if backup
+        .annotations()
+        .contains_key(super::IMPORTED_ANNOTATION)
+    {
+        // A record brought from another cluster: its content is in the store already.
+        return Ok(Action::await_change());
+    }
     if matches!(
         previous.phase,
         Some(BackupPhase::Completed | BackupPhase::Failed)
