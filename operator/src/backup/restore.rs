@@ -23,9 +23,11 @@ use crate::api::{
 };
 
 type Opened = Result<Arc<Vec<Value>>, String>;
+/// (backup uid, manifest hash, identity hash) to what opening the backup gave.
+type OpenedCache = Mutex<BTreeMap<(String, String, String), Opened>>;
 
-fn opened_cache() -> &'static Mutex<BTreeMap<(String, String, String), Opened>> {
-    static CACHE: OnceLock<Mutex<BTreeMap<(String, String, String), Opened>>> = OnceLock::new();
+fn opened_cache() -> &'static OpenedCache {
+    static CACHE: OnceLock<OpenedCache> = OnceLock::new();
     CACHE.get_or_init(Mutex::default)
 }
 

@@ -51,7 +51,8 @@ pub fn to_delete(
             .take(retention.keep_last as usize)
             .map(|c| c.name.as_str()),
     );
-    let periods: [(u32, fn(Timestamp) -> String); 3] = [
+    type PeriodOf = fn(Timestamp) -> String;
+    let periods: [(u32, PeriodOf); 3] = [
         (retention.keep_daily, |t| {
             let d = t.to_zoned(TimeZone::UTC).date();
             format!("{}", d)
