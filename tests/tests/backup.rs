@@ -717,3 +717,99 @@ async fn a_store_that_cannot_lock_is_reported_and_refused_when_immutability_is_r
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn restore_tests_mark_the_newest_backup_verified_or_failed() {
+    install_crds().await;
+    let client = client().await;
+    let name = unique_name("verify");
+    let namespace = format!("{name}-data");
+    let dir = store_dir(&name);
+    let (identity, recipient) = archive::generate_identity();
+    let (wrong_identity, _) = archive::generate_identity();
+    let store = format!("{name}-store");
+    apply(&store_manifest(&store, &dir));
+    apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}));
+    apply(
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": namespace}, "data": {"k": "v"}}),
+    );
+    for (secret, value) in [("right", &identity), ("wrong", &wrong_identity)] {
+        apply(
+            &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("{name}-{secret}"), "namespace": "default"},
+                      "stringData": {"identity": value}}),
+        );
+    }
+    // Two schedules over the same namespace, each with one backup; one holds the wrong key.
+    let mut backups = Vec::new();
+    for key in ["right", "wrong"] {
+        let schedule = format!("{name}-{key}");
+        apply(
+            &json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "BackupSchedule", "metadata": {"name": schedule},
+            "spec": {"schedule": "0 3 1 1 *", "store": store, "include": {"namespaces": [namespace]},
+                     "encryption": {"recipients": [recipient]}, "retention": {"keepLast": 5},
+                     "verification": {"schedule": "* * * * *", "restore": false,
+                                      "identitySecretRef": {"name": format!("{name}-{key}"), "namespace": "default"}}}}),
+        );
+        let backup = format!("{schedule}-manual");
+        let mut manifest = backup_manifest(&backup, &store, &namespace, &recipient);
+        manifest["metadata"]["labels"] = json!({"resurgo.dev/schedule": schedule});
+        apply(&manifest);
+        completed(&client, &backup).await;
+        backups.push(backup);
+    }
+    // The verification cron fires at the next minute boundary.
+    let api = Api::<Backup>::all(client.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let states: Vec<_> = futures::future::join_all(backups.iter().map(|b| api.get(b)))
+            .await
+            .into_iter()
+            .map(|b| b.unwrap().status.unwrap_or_default().verification)
+            .collect();
+        if states.iter().all(Option::is_some) {
+            let right = states[0].clone().unwrap();
+            let wrong = states[1].clone().unwrap();
+            assert_eq!(
+                right.state,
+                resurgo::api::backup::VerificationState::Verified,
+                "{right:?}"
+            );
+            assert!(
+                right
+                    .message
+                    .unwrap_or_default()
+                    .contains("1 objects match the manifest")
+            );
+            assert_eq!(
+                wrong.state,
+                resurgo::api::backup::VerificationState::Failed,
+                "{wrong:?}"
+            );
+            assert!(
+                wrong
+                    .message
+                    .unwrap_or_default()
+                    .contains("does not decrypt")
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not verified in time: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The Backup controller's fields survive the verification's patch.
+    let right = api.get(&backups[0]).await.unwrap().status.unwrap();
+    assert_eq!(right.phase, Some(BackupPhase::Completed));
+    assert!(right.manifest_sha256.is_some());
+    let schedule = Api::<resurgo::api::BackupSchedule>::all(client.clone())
+        .get(&format!("{name}-right"))
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert!(schedule.next_verification.is_some());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -155,6 +155,39 @@ async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<A
         }
     }
 
+    // Restore tests: due at the verification cron, on the newest completed backup.
+    if let Some(verification) = &spec.verification {
+        match cron::next_run(&verification.schedule.0, &spec.time_zone, now) {
+            Err(problem) => {
+                publish(
+                    &ctx,
+                    &schedule,
+                    EventType::Warning,
+                    "InvalidVerificationSchedule",
+                    problem,
+                )
+                .await;
+            }
+            Ok(next_from_now) => {
+                let due = match &previous.next_verification {
+                    Some(due) if previous.observed_generation == generation => due.0,
+                    _ => next_from_now,
+                };
+                let mut next = due;
+                if due <= now {
+                    if let Some(verified_at) = verify_newest(&ctx, &schedule).await? {
+                        status.last_verified_time = Some(Time(verified_at));
+                    }
+                    next = next_from_now;
+                }
+                status.next_verification = Some(Time(next));
+                let wait = Duration::from_secs_f64(next.duration_since(now).as_secs_f64().max(0.0))
+                    + Duration::from_millis(50);
+                requeue = Some(requeue.map_or(wait, |r: Duration| r.min(wait)));
+            }
+        }
+    }
+
     // Retention over this schedule's backups.
     let backups = Api::<Backup>::all(ctx.client.clone())
         .list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}={name}")))
@@ -211,6 +244,93 @@ async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<A
             .insert(uid, status);
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Decrypts the newest completed backup of the schedule and checks it against its manifest,
+/// then records the outcome on the Backup. Returns the time when it was verified.
+async fn verify_newest(
+    ctx: &Context,
+    schedule: &BackupSchedule,
+) -> Result<Option<Timestamp>, Error> {
+    let Some(verification) = &schedule.spec.verification else {
+        return Ok(None);
+    };
+    let name = schedule.name_any();
+    let backups = Api::<Backup>::all(ctx.client.clone());
+    let newest = backups
+        .list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}={name}")))
+        .await
+        .map_err(kube_error(
+            "list the Backups of",
+            format!("BackupSchedule {name}"),
+        ))?
+        .items
+        .into_iter()
+        .filter(|b| {
+            b.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Some(BackupPhase::Completed))
+        })
+        .max_by_key(|b| {
+            b.status
+                .as_ref()
+                .and_then(|s| s.completed.clone())
+                .map(|t| t.0)
+        });
+    let Some(backup) = newest else {
+        return Ok(None);
+    };
+    let backup_name = backup.name_any();
+    let identity = engine::identity(&ctx.client, &verification.identity_secret_ref)
+        .await
+        .map_err(kube_error(
+            "read the identity of",
+            format!("BackupSchedule {name}"),
+        ))?;
+    let outcome = match identity {
+        Err(failure) => Err(failure),
+        Ok(identity) => engine::read_backup(&ctx.client, &backup, &identity)
+            .await
+            .map_err(kube_error("verify", format!("Backup {backup_name}")))?
+            .map(|objects| objects.len()),
+    };
+    let now = Timestamp::now();
+    let scope = if verification.restore {
+        "; restoring into a scratch namespace and running checks is not done by this version"
+    } else {
+        ""
+    };
+    let (state, message) = match &outcome {
+        Ok(items) => (
+            VerificationState::Verified,
+            format!("decrypted; {items} objects match the manifest{scope}"),
+        ),
+        Err(failure) => (VerificationState::Failed, failure.clone()),
+    };
+    // A merge patch: the verification belongs to this step, the rest of the status to the
+    // Backup controller.
+    let patch = json!({"status": {"verification": {"state": state, "time": Time(now), "message": message}}});
+    backups
+        .patch_status(&backup_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(kube_error(
+            "record the verification of",
+            format!("Backup {backup_name}"),
+        ))?;
+    let (type_, reason) = if outcome.is_ok() {
+        (EventType::Normal, "BackupVerified")
+    } else {
+        (EventType::Warning, "BackupVerificationFailed")
+    };
+    publish(
+        ctx,
+        schedule,
+        type_,
+        reason,
+        format!("{backup_name}: {message}"),
+    )
+    .await;
+    Ok(outcome.ok().map(|_| now))
 }
 
 fn candidate(backup: &Backup) -> retention::Candidate {
