@@ -128,12 +128,25 @@ pub fn selector_text(selector: &LabelSelector) -> String {
     parts.join(",")
 }
 
-/// S3 credentials from the store's Secret (`accessKeyId`, `secretAccessKey`).
+/// The store, opened with the credentials from its Secret.
 pub async fn open_store(
     client: &Client,
     spec: &BackupStoreSpec,
 ) -> Result<Result<Store, Failure>, kube::Error> {
-    let credentials = match &spec.s3 {
+    let credentials = match credentials(client, spec).await? {
+        Ok(credentials) => credentials,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    Ok(Store::open(spec, credentials).map_err(|error| error.to_string()))
+}
+
+/// S3 credentials from the store's Secret (`accessKeyId`, `secretAccessKey`); `None` for a
+/// filesystem store.
+pub async fn credentials(
+    client: &Client,
+    spec: &BackupStoreSpec,
+) -> Result<Result<Option<super::store::Credentials>, Failure>, kube::Error> {
+    Ok(Ok(match &spec.s3 {
         None => None,
         Some(s3) => {
             let reference = &s3.credentials_secret_ref;
@@ -164,8 +177,7 @@ pub async fn open_store(
                 }
             }
         }
-    };
-    Ok(Store::open(spec, credentials).map_err(|error| error.to_string()))
+    }))
 }
 
 /// The BackupStore a backup names, opened.

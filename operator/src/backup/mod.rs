@@ -50,6 +50,7 @@ pub mod restore;
 pub mod restore_point;
 pub mod retention;
 pub mod run_backup;
+pub mod s3;
 pub mod schedule;
 pub mod selection;
 pub mod store;

@@ -4,9 +4,9 @@
 //!
 //! The probe writes `probes/<store>-<generation>` and then tries to overwrite and delete it:
 //! if either works, an attacker holding the operator's credentials could destroy backups.
-//! Object lock is only known for stores that report it: a filesystem never locks, and the
-//! S3 client used here cannot read a bucket's lock configuration, so an S3 store reports
-//! `Immutable` as Unknown unless its probe object could not be deleted.
+//! In a versioned S3 bucket an overwrite or a delete only adds a version or a delete marker,
+//! so there the probe tries to delete the probe object's version, which object lock refuses.
+//! Object lock is read from the bucket's configuration; a filesystem never locks.
 
 use std::{collections::BTreeSet, future::Future, sync::Arc, sync::Mutex, time::Duration};
 
@@ -20,7 +20,7 @@ use kube::{
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Error, conditions, engine, kube_error, store};
+use super::{Error, conditions, engine, kube_error, s3, store};
 use crate::{
     api::backup_store::{BackupStore, BackupStoreStatus, StoreType},
     labels::FIELD_MANAGER,
@@ -67,18 +67,60 @@ async fn reconcile(object: Arc<BackupStore>, ctx: Arc<Context>) -> Result<Action
     } else {
         StoreType::S3
     };
-    let opened = engine::open_store(&ctx.client, &object.spec)
+    let credentials = engine::credentials(&ctx.client, &object.spec)
         .await
         .map_err(kube_error(
             "read credentials of",
             format!("BackupStore {name}"),
         ))?;
-    let found = match opened {
-        Ok(opened) => store::probe(&opened, &format!("{name}-{generation}")).await,
-        Err(failure) => store::Probe {
-            reachable: Err(failure),
-            can_delete: None,
-        },
+    let probe_name = format!("{name}-{generation}");
+    let (found, object_lock, lock_problem) = match credentials {
+        Err(failure) => (
+            store::Probe {
+                reachable: Err(failure),
+                can_delete: None,
+            },
+            None,
+            None,
+        ),
+        Ok(credentials) => {
+            let target = match (&object.spec.s3, &credentials) {
+                (Some(s3), Some(c)) => {
+                    Some(s3::Target::of(s3, &c.access_key_id, &c.secret_access_key))
+                }
+                _ => None,
+            };
+            match store::Store::open(&object.spec, credentials) {
+                Err(error) => (
+                    store::Probe {
+                        reachable: Err(error.to_string()),
+                        can_delete: None,
+                    },
+                    None,
+                    None,
+                ),
+                Ok(opened) => {
+                    let (mut found, version) = store::probe(&opened, &probe_name).await;
+                    let (mut lock, mut lock_problem) = (None, None);
+                    if let (Some(target), Ok(())) = (&target, &found.reachable) {
+                        match s3::object_lock(target).await {
+                            Ok(found_lock) => lock = found_lock,
+                            Err(problem) => lock_problem = Some(problem),
+                        }
+                        if let Some(version) = version {
+                            // A versioned bucket: deleting or overwriting only adds a version or a
+                            // delete marker; destroying a backup means deleting its version.
+                            let key = opened.full_key(&store::probe_key(&probe_name));
+                            match s3::delete_version(target, &key, &version).await {
+                                Ok(deleted) => found.can_delete = Some(deleted),
+                                Err(problem) => lock_problem = Some(problem),
+                            }
+                        }
+                    }
+                    (found, lock, lock_problem)
+                }
+            }
+        }
     };
     let reachable = found.reachable.is_ok();
     let reach_message = match &found.reachable {
@@ -98,14 +140,20 @@ async fn reconcile(object: Arc<BackupStore>, ctx: Arc<Context>) -> Result<Action
         ),
         None => (false, "Unknown", "the store could not be probed".to_owned()),
     };
-    let immutable_message = match store_type {
-        StoreType::Filesystem => "a filesystem store cannot lock objects".to_owned(),
-        StoreType::S3 if found.can_delete == Some(false) => {
-            "objects could not be deleted or overwritten".to_owned()
+    let immutable = object_lock.is_some();
+    let immutable_message = match (store_type, &object_lock, &lock_problem) {
+        (StoreType::Filesystem, _, _) => "a filesystem store cannot lock objects".to_owned(),
+        (StoreType::S3, Some(lock), _) => format!(
+            "object lock {:?} with a default retention of {} days",
+            lock.mode,
+            lock.default_retention_days
+                .map_or_else(|| "no".to_owned(), |d| d.to_string())
+        ),
+        (StoreType::S3, None, Some(problem)) => problem.clone(),
+        (StoreType::S3, None, None) => {
+            "the bucket has no object lock with a default retention".to_owned()
         }
-        StoreType::S3 => "object lock is not reported by this store".to_owned(),
     };
-    let immutable = store_type == StoreType::S3 && found.can_delete == Some(false);
     let ready_message = if reachable {
         format!("reachable; {delete_message}")
     } else {
@@ -144,7 +192,7 @@ async fn reconcile(object: Arc<BackupStore>, ctx: Arc<Context>) -> Result<Action
                 ("DeleteProtected", delete_ok, delete_reason, delete_message),
             ],
         ),
-        object_lock: previous.object_lock.filter(|_| immutable),
+        object_lock,
         credentials_can_delete: found.can_delete,
         last_probed: Some(Time(now)),
     };

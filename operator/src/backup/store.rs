@@ -119,8 +119,9 @@ impl Store {
         Path::from(format!("{}{key}", self.prefix))
     }
 
-    /// Writes `key`; never overwrites: an existing object is an error.
-    pub async fn create(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+    /// Writes `key`; never overwrites: an existing object is an error. Returns the version
+    /// the store gave it, in a versioned bucket.
+    pub async fn create(&self, key: &str, bytes: Vec<u8>) -> Result<Option<String>, StoreError> {
         let options = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -128,7 +129,7 @@ impl Store {
         self.inner
             .put_opts(&self.path(key), PutPayload::from(bytes), options)
             .await
-            .map(|_| ())
+            .map(|result| result.version)
             .map_err(|source| StoreError::Io {
                 action: "write",
                 path: key.to_owned(),
@@ -176,28 +177,57 @@ impl Store {
 #[derive(Debug)]
 pub struct Probe {
     pub reachable: Result<(), String>,
-    /// Whether the probe object could be overwritten or deleted: `None` when the probe
-    /// could not write at all.
+    /// Whether the probe object could be destroyed: `None` when the probe could not write.
     pub can_delete: Option<bool>,
 }
 
-/// Writes a probe object under `probes/`, then tries to overwrite and delete it.
-pub async fn probe(store: &Store, probe_name: &str) -> Probe {
-    let key = format!("probes/{probe_name}");
-    if let Err(error) = store.create(&key, b"resurgo probe".to_vec()).await
-        && !error.is_already_there()
-    {
-        return Probe {
-            reachable: Err(error.to_string()),
-            can_delete: None,
-        };
+/// The key of a probe object, under `probes/`.
+pub fn probe_key(probe_name: &str) -> String {
+    format!("probes/{probe_name}")
+}
+
+/// Writes a probe object; in a versioned bucket, returns its version so that the caller can
+/// try to destroy exactly that version. Otherwise tries to overwrite and delete it.
+pub async fn probe(store: &Store, probe_name: &str) -> (Probe, Option<String>) {
+    let key = probe_key(probe_name);
+    let version = match store.create(&key, b"resurgo probe".to_vec()).await {
+        Ok(version) => version,
+        Err(error) if error.is_already_there() => None,
+        Err(error) => {
+            return (
+                Probe {
+                    reachable: Err(error.to_string()),
+                    can_delete: None,
+                },
+                None,
+            );
+        }
+    };
+    if version.is_some() {
+        return (
+            Probe {
+                reachable: Ok(()),
+                can_delete: None,
+            },
+            version,
+        );
     }
     let overwrite = store
         .overwrite(&key, b"resurgo probe, again".to_vec())
         .await;
     let delete = store.delete(&key).await;
-    Probe {
-        reachable: Ok(()),
-        can_delete: Some(overwrite.is_ok() || delete.is_ok()),
+    (
+        Probe {
+            reachable: Ok(()),
+            can_delete: Some(overwrite.is_ok() || delete.is_ok()),
+        },
+        None,
+    )
+}
+
+impl Store {
+    /// The full key of `key` in the bucket, with the store's prefix.
+    pub fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
     }
 }
