@@ -813,3 +813,161 @@ async fn restore_tests_mark_the_newest_backup_verified_or_failed() {
     assert!(schedule.next_verification.is_some());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The MinIO that tests/run.sh starts: endpoint, access key, secret key.
+fn minio() -> (String, String, String) {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: run the integration tests through tests/run.sh")
+        })
+    };
+    (
+        var("RESURGO_MINIO_ENDPOINT"),
+        var("RESURGO_MINIO_ACCESS_KEY"),
+        var("RESURGO_MINIO_SECRET_KEY"),
+    )
+}
+
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn an_s3_bucket_with_object_lock_is_probed_immutable_and_holds_backups_that_restore() {
+    use resurgo::{
+        api::backup_store::{BackupStore, ObjectLockMode, S3Store, SecretRef},
+        backup::{engine, s3},
+    };
+    install_crds().await;
+    let client = client().await;
+    let (endpoint, access_key, secret_key) = minio();
+    let name = unique_name("s3");
+    let namespace = format!("{name}-data");
+    let (identity, recipient) = archive::generate_identity();
+    let spec = |bucket: &str| S3Store {
+        bucket: bucket.into(),
+        prefix: Some("lazio/".into()),
+        region: None,
+        endpoint: Some(endpoint.clone()),
+        force_path_style: true,
+        allow_insecure_http: true,
+        credentials_secret_ref: SecretRef {
+            name: format!("{name}-s3"),
+            namespace: "default".into(),
+        },
+    };
+    let locked = format!("{name}-locked");
+    let plain = format!("{name}-plain");
+    s3::create_locked_bucket(
+        &s3::Target::of(&spec(&locked), &access_key, &secret_key),
+        ObjectLockMode::Compliance,
+        1,
+    )
+    .await
+    .expect("create the locked bucket");
+    s3::create_bucket(&s3::Target::of(&spec(&plain), &access_key, &secret_key))
+        .await
+        .expect("create the plain bucket");
+    apply(
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("{name}-s3"), "namespace": "default"},
+                  "stringData": {"accessKeyId": access_key, "secretAccessKey": secret_key}}),
+    );
+    for bucket in [&locked, &plain] {
+        apply(
+            &json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "BackupStore", "metadata": {"name": bucket},
+                      "spec": {"s3": spec(bucket)}}),
+        );
+    }
+    let stores = Api::<BackupStore>::all(client.clone());
+    let probed = |store: String| {
+        let stores = stores.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = stores.get(&store).await.unwrap().status
+                    && status.last_probed.is_some()
+                {
+                    return status;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{store} was not probed"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let condition = |status: &resurgo::api::backup_store::BackupStoreStatus, type_: &str| {
+        let c = status.conditions.iter().find(|c| c.type_ == type_).unwrap();
+        (c.status.clone(), c.message.clone())
+    };
+    let locked_status = probed(locked.clone()).await;
+    assert_eq!(
+        condition(&locked_status, "Ready").0,
+        "True",
+        "{locked_status:?}"
+    );
+    assert_eq!(
+        condition(&locked_status, "Immutable").0,
+        "True",
+        "{locked_status:?}"
+    );
+    assert_eq!(
+        condition(&locked_status, "DeleteProtected").0,
+        "True",
+        "{locked_status:?}"
+    );
+    assert_eq!(locked_status.credentials_can_delete, Some(false));
+    let lock = locked_status
+        .object_lock
+        .clone()
+        .expect("object lock reported");
+    assert_eq!(lock.mode, ObjectLockMode::Compliance);
+    assert_eq!(lock.default_retention_days, Some(1));
+
+    let plain_status = probed(plain.clone()).await;
+    assert_eq!(
+        condition(&plain_status, "Ready").0,
+        "True",
+        "{plain_status:?}"
+    );
+    assert_eq!(condition(&plain_status, "Immutable").0, "False");
+    assert_eq!(plain_status.credentials_can_delete, Some(true));
+    assert!(plain_status.object_lock.is_none());
+
+    // Immutability required: written to the locked bucket, refused by the plain one.
+    apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}));
+    apply(
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": namespace}, "data": {"k": "v"}}),
+    );
+    let mut statuses = Vec::new();
+    for bucket in [&locked, &plain] {
+        let backup = format!("{bucket}-bk");
+        let mut manifest = backup_manifest(&backup, bucket, &namespace, &recipient);
+        manifest["spec"]["immutability"] = json!({"period": "24h", "required": true});
+        apply(&manifest);
+        statuses.push((backup.clone(), finished(&client, &backup).await));
+    }
+    let (locked_backup, status) = &statuses[0];
+    assert_eq!(status.phase, Some(BackupPhase::Completed), "{status:?}");
+    assert!(status.immutable_until.is_some());
+    let (_, refused) = &statuses[1];
+    assert_eq!(refused.phase, Some(BackupPhase::Failed));
+    assert!(
+        refused
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no object lock"),
+        "{refused:?}"
+    );
+
+    // What is in the bucket opens with every check and gives the ConfigMap back.
+    let backup = Api::<Backup>::all(client.clone())
+        .get(locked_backup)
+        .await
+        .unwrap();
+    let objects = engine::read_backup(&client, &backup, &identity)
+        .await
+        .unwrap()
+        .expect("the backup in the locked bucket opens");
+    assert_eq!(objects.len(), 1);
+    assert_eq!(objects[0]["data"]["k"], "v");
+}
