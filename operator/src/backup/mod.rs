@@ -6,9 +6,10 @@
 //! - [`selection`] (pure): which kinds and objects are backed up, and how they are cleaned.
 //! - [`retention`], [`restore_point`], [`cron`] (pure): what to delete, what to restore, when
 //!   to run.
-//! - [`store`]: the BackupStore as an `object_store` (filesystem or S3) and its probe.
+//! - [`store`]: the BackupStore as an `object_store` (filesystem or S3) and its probe;
+//!   [`s3`]: the SigV4-signed S3 calls `object_store` lacks (object lock, versioned delete).
 //! - [`engine`]: reading the cluster and the stores.
-//! - [`run_backup`], [`schedule`], [`probe`]: one controller per kind.
+//! - [`run_backup`], [`schedule`] (with restore tests), [`probe`]: one controller per kind.
 //! - [`restore`]: the objects of a namespace from the clean restore point.
 //!
 //! # RBAC the backup controllers need
