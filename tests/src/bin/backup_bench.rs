@@ -73,8 +73,28 @@ async fn main() {
         .expect("KUBECONFIG of a cluster from tests/cluster/up.sh");
     let crds = repo_root().join("crds");
     let crds = crds.to_str().unwrap();
-    kubectl_ok(&["apply", "--server-side", "--field-manager=bench", "-f", crds], None).unwrap();
-    kubectl_ok(&["wait", "--for=condition=Established", "--timeout=60s", "-f", crds], None).unwrap();
+    kubectl_ok(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=bench",
+            "-f",
+            crds,
+        ],
+        None,
+    )
+    .unwrap();
+    kubectl_ok(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "-f",
+            crds,
+        ],
+        None,
+    )
+    .unwrap();
 
     let work = std::env::temp_dir().join(format!("resurgo-backup-bench-{}", std::process::id()));
     let store_dir = work.join("store");
@@ -101,9 +121,13 @@ async fn main() {
                 let object = json!({"apiVersion": "v1", "kind": "ConfigMap",
                     "metadata": {"name": format!("settings-{i:05}"), "labels": {"app": "records"}},
                     "data": {"index": i.to_string(), "text": "x".repeat(200)}});
-                api.patch(&format!("settings-{i:05}"), &PatchParams::apply("bench"), &Patch::Apply(&object))
-                    .await
-                    .map(|_| ())
+                api.patch(
+                    &format!("settings-{i:05}"),
+                    &PatchParams::apply("bench"),
+                    &Patch::Apply(&object),
+                )
+                .await
+                .map(|_| ())
             }
         })
         .buffer_unordered(32)
@@ -113,17 +137,26 @@ async fn main() {
     let fill = started.elapsed();
 
     let (identity, recipient) = archive::generate_identity();
-    apply(json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "BackupStore", "metadata": {"name": "bench"},
-                 "spec": {"filesystem": {"path": store_dir.to_str().unwrap()}}}));
+    apply(
+        json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "BackupStore", "metadata": {"name": "bench"},
+                 "spec": {"filesystem": {"path": store_dir.to_str().unwrap()}}}),
+    );
     let backups = Api::<Backup>::all(client.clone());
     let started = Instant::now();
-    apply(json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "Backup", "metadata": {"name": "bench"},
+    apply(
+        json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "Backup", "metadata": {"name": "bench"},
                  "spec": {"store": "bench", "include": {"namespaces": [source]},
-                          "encryption": {"recipients": [recipient]}}}));
+                          "encryption": {"recipients": [recipient]}}}),
+    );
     wait_for("the backup", Duration::from_secs(600), || {
         let backups = backups.clone();
         async move {
-            let status = backups.get("bench").await.unwrap().status.unwrap_or_default();
+            let status = backups
+                .get("bench")
+                .await
+                .unwrap()
+                .status
+                .unwrap_or_default();
             assert_ne!(status.phase, Some(BackupPhase::Failed), "{status:?}");
             status.phase == Some(BackupPhase::Completed)
         }
@@ -143,18 +176,28 @@ async fn main() {
 
     kubectl_ok(&["create", "namespace", "bench-keys"], None).ok();
     kubectl_ok(
-        &["-n", "bench-keys", "create", "secret", "generic", "age-key", "--from-file=identity=/dev/stdin"],
+        &[
+            "-n",
+            "bench-keys",
+            "create",
+            "secret",
+            "generic",
+            "age-key",
+            "--from-file=identity=/dev/stdin",
+        ],
         Some(&identity),
     )
     .ok();
     let plans = Api::<RecoveryPlan>::all(client.clone());
     let started = Instant::now();
-    apply(json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "RecoveryPlan", "metadata": {"name": "bench"},
+    apply(
+        json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "RecoveryPlan", "metadata": {"name": "bench"},
         "spec": {"tiers": [{"name": "all", "rto": "1h"}],
                  "services": [{"name": "records", "tier": "all", "namespace": "bench-restored",
                                "workload": {"fromBackup": {"backup": "bench", "sourceNamespace": source,
                                    "identitySecretRef": {"name": "age-key", "namespace": "bench-keys"}}},
-                               "readiness": {"timeout": "30m"}}]}}));
+                               "readiness": {"timeout": "30m"}}]}}),
+    );
     wait_for("the restore", Duration::from_secs(1800), || {
         let plans = plans.clone();
         async move {
@@ -178,7 +221,10 @@ async fn main() {
     let _ = std::fs::remove_dir_all(&work);
     let per_second = |d: Duration| args.objects as f64 / d.as_secs_f64();
     println!("objects                          {}", args.objects);
-    println!("fill the namespace (32 parallel) {:>8.1} s", fill.as_secs_f64());
+    println!(
+        "fill the namespace (32 parallel) {:>8.1} s",
+        fill.as_secs_f64()
+    );
     println!(
         "backup to Completed              {:>8.1} s  ({:.0} objects/s, {} bytes, {} items)",
         backup_time.as_secs_f64(),
