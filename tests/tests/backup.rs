@@ -971,3 +971,70 @@ async fn an_s3_bucket_with_object_lock_is_probed_immutable_and_holds_backups_tha
     assert_eq!(objects.len(), 1);
     assert_eq!(objects[0]["data"]["k"], "v");
 }
+
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn a_schedule_creates_a_backup_when_its_cron_is_due() {
+    install_crds().await;
+    let client = client().await;
+    let name = unique_name("cron");
+    let namespace = format!("{name}-data");
+    let dir = store_dir(&name);
+    let (_, recipient) = archive::generate_identity();
+    let store = format!("{name}-store");
+    apply(&store_manifest(&store, &dir));
+    apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}));
+    apply(
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": namespace}, "data": {"k": "v"}}),
+    );
+    let schedule = format!("{name}-minutely");
+    apply(
+        &json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "BackupSchedule", "metadata": {"name": schedule},
+        "spec": {"schedule": "* * * * *", "timeZone": "Europe/Rome", "store": store,
+                 "include": {"namespaces": [namespace]},
+                 "encryption": {"recipients": [recipient]}, "retention": {"keepLast": 3}}}),
+    );
+    let schedules = Api::<resurgo::api::BackupSchedule>::all(client.clone());
+    // The first run is the next minute boundary; the controller requeues itself for it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let (backup, first_due) = loop {
+        let status = schedules
+            .get(&schedule)
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default();
+        if let Some(backup) = status.last_backup {
+            break (backup, status.next_run.clone());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no backup created: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(backup.starts_with(&format!("{schedule}-")), "{backup}");
+    let status = completed(&client, &backup).await;
+    assert_eq!(status.items, Some(1));
+    let created = Api::<Backup>::all(client.clone())
+        .get(&backup)
+        .await
+        .unwrap();
+    assert_eq!(created.spec.schedule.as_deref(), Some(schedule.as_str()));
+    assert_eq!(
+        created
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .get("resurgo.dev/schedule"),
+        Some(&schedule)
+    );
+    // The next run is a minute boundary in the future.
+    let next = first_due.expect("nextRun").0;
+    assert_eq!(next.as_second() % 60, 0);
+    assert!(
+        next > k8s_openapi::jiff::Timestamp::now()
+            - k8s_openapi::jiff::SignedDuration::from_secs(60)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
