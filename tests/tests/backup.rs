@@ -478,6 +478,27 @@ async fn backups_restore_into_a_fresh_cluster_and_tampered_ones_are_never_used()
         "{chosen}"
     );
     assert!(!log.contains(&identity), "the identity was logged");
+    // The choice is an Event on the plan too.
+    let events = fresh.kubectl(
+        &[
+            "get",
+            "events",
+            "-A",
+            "--field-selector",
+            "reason=RestorePointChosen",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+        None,
+    );
+    assert!(
+        events.contains(&format!("backup {}", backups[0])),
+        "{events}"
+    );
+    assert!(
+        events.contains(&format!("{}: it does not decrypt", backups[3])),
+        "{events}"
+    );
 
     // Named, the re-encrypted backup fails the service instead of restoring anything.
     let mut named = from.clone();

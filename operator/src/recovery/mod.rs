@@ -493,8 +493,7 @@ async fn advance(
     let namespace = &service.namespace;
 
     if record.phase == ServicePhase::Ready {
-        if service.action == ServiceAction::Rebuild
-            && !workload_present(ctx, &plan_name, service).await?
+        if service.action == ServiceAction::Rebuild && !workload_present(ctx, plan, service).await?
         {
             // Rebuilt like the first time: the planner decides when, after its dependencies.
             record.phase = ServicePhase::Pending;
@@ -545,7 +544,7 @@ async fn advance(
                 return Ok(());
             }
         }
-        let manifests = match manifests(ctx, &plan_name, service).await? {
+        let manifests = match manifests(ctx, plan, service).await? {
             Ok(manifests) => manifests,
             Err(message) => {
                 reached(
@@ -650,7 +649,7 @@ async fn run_job(
 /// status reports, not an error to retry).
 async fn manifests(
     ctx: &Context,
-    plan: &str,
+    plan: &RecoveryPlan,
     service: &Service,
 ) -> Result<Result<Vec<Value>, String>, Error> {
     let Some(workload) = &service.workload else {
@@ -660,7 +659,8 @@ async fn manifests(
         return Ok(Ok(manifests.clone()));
     }
     if let Some(from) = &workload.from_backup {
-        let restored = crate::backup::restore::objects(&ctx.client, plan, service, from)
+        let plan_name = plan.name_any();
+        let restored = crate::backup::restore::objects(&ctx.client, &plan_name, service, from)
             .await
             .map_err(kube_error(
                 "restore from a backup",
@@ -668,11 +668,19 @@ async fn manifests(
             ))?;
         return Ok(match restored {
             Ok((objects, description)) => {
-                let key = (plan.to_owned(), service.name.clone());
-                let mut told = ctx.restore_points.lock().await;
-                if told.get(&key) != Some(&description) {
-                    info!(plan, service = %service.name, %description, "restore point");
-                    told.insert(key, description);
+                let key = (plan_name.clone(), service.name.clone());
+                let new = ctx.restore_points.lock().await.get(&key) != Some(&description);
+                if new {
+                    info!(plan = %plan_name, service = %service.name, %description, "restore point");
+                    publish(
+                        ctx,
+                        plan,
+                        EventType::Normal,
+                        "RestorePointChosen",
+                        format!("{}: {description}", service.name),
+                    )
+                    .await;
+                    ctx.restore_points.lock().await.insert(key, description);
                 }
                 Ok(objects)
             }
@@ -791,7 +799,11 @@ async fn apply_workload(
 }
 
 /// Whether every object of a ready service's workload still exists.
-async fn workload_present(ctx: &Context, plan: &str, service: &Service) -> Result<bool, Error> {
+async fn workload_present(
+    ctx: &Context,
+    plan: &RecoveryPlan,
+    service: &Service,
+) -> Result<bool, Error> {
     let manifests = match manifests(ctx, plan, service).await? {
         Ok(manifests) => manifests,
         Err(_) => return Ok(true),
