@@ -769,7 +769,7 @@ async fn restore_tests_mark_the_newest_backup_verified_or_failed() {
             &json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "BackupSchedule", "metadata": {"name": schedule},
             "spec": {"schedule": "0 3 1 1 *", "store": store, "include": {"namespaces": [namespace]},
                      "encryption": {"recipients": [recipient]}, "retention": {"keepLast": 5},
-                     "verification": {"schedule": "* * * * *", "restore": false,
+                     "verification": {"schedule": "* * * * *", "restore": key == "right",
                                       "identitySecretRef": {"name": format!("{name}-{key}"), "namespace": "default"}}}}),
         );
         let backup = format!("{schedule}-manual");
@@ -821,6 +821,21 @@ async fn restore_tests_mark_the_newest_backup_verified_or_failed() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // The scratch namespace of the dry-run restore is gone, or going.
+    let scratch = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .list(
+            &kube::api::ListParams::default().labels(&format!("resurgo.dev/schedule={name}-right")),
+        )
+        .await
+        .unwrap();
+    assert!(
+        scratch
+            .items
+            .iter()
+            .all(|ns| ns.metadata.deletion_timestamp.is_some()),
+        "{:?}",
+        scratch.items
+    );
     // The Backup controller's fields survive the verification's patch.
     let right = api.get(&backups[0]).await.unwrap().status.unwrap();
     assert_eq!(right.phase, Some(BackupPhase::Completed));

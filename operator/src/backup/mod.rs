@@ -22,6 +22,7 @@
 //! | `resurgo.dev` | `backups/status`, `backupschedules/status`, `backupstores/status` | get, patch, update | status, by server-side apply |
 //! | `resurgo.dev` | `backupschedules`, `backupstores`, `incidents` | get, list, watch | the schedules, stores, and open incidents (which freeze pruning and name restore points) |
 //! | `""` | `secrets` | get | S3 credentials and restore identities, by the names the specs give |
+//! | `""` | `namespaces` | patch, delete | restore tests' scratch namespaces |
 //! | `""` (events.k8s.io) | `events` | create, patch | Events |
 //! | (discovery) | non-resource URLs `/api`, `/api/*`, `/apis`, `/apis/*` | get | find the kinds to back up (granted to every authenticated user by `system:discovery`) |
 //!
@@ -41,7 +42,8 @@
 //! A kind the operator may not list is left out of a backup whose selection names no kinds,
 //! and the Backup's `Completed` condition lists what was left out; a selection that names
 //! the kind fails instead. Restoring applies objects of these kinds, which the RecoveryPlan
-//! controller's create/patch rules on them already cover.
+//! controller's create/patch rules on them already cover; restore tests apply them with
+//! server-side dry-run, which needs the same create/patch rules.
 
 pub mod archive;
 pub mod cron;

@@ -287,24 +287,29 @@ async fn verify_newest(
             "read the identity of",
             format!("BackupSchedule {name}"),
         ))?;
-    let outcome = match identity {
+    let opened = match identity {
         Err(failure) => Err(failure),
         Ok(identity) => engine::read_backup(&ctx.client, &backup, &identity)
             .await
-            .map_err(kube_error("verify", format!("Backup {backup_name}")))?
-            .map(|objects| objects.len()),
+            .map_err(kube_error("verify", format!("Backup {backup_name}")))?,
+    };
+    let outcome = match opened {
+        Err(failure) => Err(failure),
+        Ok(objects) if verification.restore => match dry_run_restore(ctx, &name, &objects).await? {
+            Ok(()) => Ok(format!(
+                "decrypted; {} objects match the manifest and were accepted by the API server (server-side dry-run into a scratch namespace); checks are not run by this version",
+                objects.len()
+            )),
+            Err(failure) => Err(failure),
+        },
+        Ok(objects) => Ok(format!(
+            "decrypted; {} objects match the manifest",
+            objects.len()
+        )),
     };
     let now = Timestamp::now();
-    let scope = if verification.restore {
-        "; restoring into a scratch namespace and running checks is not done by this version"
-    } else {
-        ""
-    };
     let (state, message) = match &outcome {
-        Ok(items) => (
-            VerificationState::Verified,
-            format!("decrypted; {items} objects match the manifest{scope}"),
-        ),
+        Ok(message) => (VerificationState::Verified, message.clone()),
         Err(failure) => (VerificationState::Failed, failure.clone()),
     };
     // A merge patch: the verification belongs to this step, the rest of the status to the
@@ -331,6 +336,111 @@ async fn verify_newest(
     )
     .await;
     Ok(outcome.ok().map(|_| now))
+}
+
+/// Applies every object with server-side dry-run into a scratch namespace per source
+/// namespace (created for the test and deleted after it): the API server validates and
+/// admits each one, nothing is stored. The inner error names the first object refused.
+async fn dry_run_restore(
+    ctx: &Context,
+    schedule: &str,
+    objects: &[serde_json::Value],
+) -> Result<Result<(), String>, Error> {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::{
+        api::{DynamicObject, GroupVersionKind},
+        discovery,
+    };
+    let namespaces = Api::<Namespace>::all(ctx.client.clone());
+    let mut sources: Vec<&str> = objects
+        .iter()
+        .filter_map(|o| o["metadata"]["namespace"].as_str())
+        .collect();
+    sources.sort_unstable();
+    sources.dedup();
+    let mut kinds = BTreeMap::new();
+    for (index, source) in sources.iter().enumerate() {
+        // A new name every test: a deleted namespace lingers while it terminates.
+        let scratch: String = format!(
+            "resurgo-verify-{}-{index}-{}",
+            Timestamp::now().as_second(),
+            archive::sha256_hex(schedule.as_bytes())
+        )
+        .chars()
+        .take(63)
+        .collect();
+        let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": scratch,
+            "labels": {"app.kubernetes.io/managed-by": labels::MANAGED_BY, SCHEDULE_LABEL: schedule,
+                       "pod-security.kubernetes.io/enforce": "restricted"}}});
+        namespaces
+            .patch(
+                &scratch,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&namespace),
+            )
+            .await
+            .map_err(kube_error("create the scratch namespace", scratch.clone()))?;
+        let mut refused = None;
+        for object in objects
+            .iter()
+            .filter(|o| o["metadata"]["namespace"] == *source)
+        {
+            let api_version = object["apiVersion"].as_str().unwrap_or_default();
+            let kind = object["kind"].as_str().unwrap_or_default();
+            let name = object["metadata"]["name"].as_str().unwrap_or_default();
+            let key = format!("{api_version}/{kind}");
+            if !kinds.contains_key(&key) {
+                let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+                match discovery::pinned_kind(
+                    &ctx.client,
+                    &GroupVersionKind::gvk(group, version, kind),
+                )
+                .await
+                {
+                    Ok((resource, _)) => {
+                        kinds.insert(key.clone(), resource);
+                    }
+                    Err(error) => {
+                        refused = Some(format!("{kind} is not served by this cluster: {error}"));
+                        break;
+                    }
+                }
+            }
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(ctx.client.clone(), &scratch, &kinds[&key]);
+            let mut copy = object.clone();
+            copy["metadata"]["namespace"] = json!(scratch);
+            let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+            match api.patch(name, &params, &Patch::Apply(&copy)).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status))
+                    if status.code == 422 || status.code == 400 || status.code == 403 =>
+                {
+                    refused = Some(format!(
+                        "{kind} {source}/{name} was refused by the API server: {}",
+                        status.message
+                    ));
+                    break;
+                }
+                Err(error) => {
+                    let _ = namespaces.delete(&scratch, &DeleteParams::default()).await;
+                    return Err(kube_error(
+                        "dry-run restore",
+                        format!("{kind} {source}/{name}"),
+                    )(error));
+                }
+            }
+        }
+        match namespaces.delete(&scratch, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.is_not_found() => {}
+            Err(error) => return Err(kube_error("delete the scratch namespace", scratch)(error)),
+        }
+        if let Some(refused) = refused {
+            return Ok(Err(refused));
+        }
+    }
+    Ok(Ok(()))
 }
 
 fn candidate(backup: &Backup) -> retention::Candidate {
