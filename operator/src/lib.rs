@@ -9,6 +9,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod api;
+pub mod backup;
 pub mod conditions;
 pub mod crd_files;
 pub mod incident;

@@ -45,6 +45,7 @@ pub fn run(log_format: LogFormat) -> Result<(), StartError> {
             let shutdown = futures::FutureExt::shared(Box::pin(shutdown_signal()));
             tokio::join!(
                 crate::recovery::run(client.clone(), shutdown.clone()),
+                crate::backup::run(client.clone(), shutdown.clone()),
                 crate::incident::run(client, shutdown),
             );
             tracing::info!("resurgo operator stopped");

@@ -370,7 +370,10 @@ fn invalid_cases() -> Vec<Case> {
         case(
             "a workload with two sources",
             "RecoveryPlan",
-            vec![("/spec/services/0/workload/fromBackup", json!({}))],
+            vec![(
+                "/spec/services/0/workload/fromBackup",
+                json!({"identitySecretRef": {"name": "age-key", "namespace": "keys"}}),
+            )],
             &[
                 "spec.services[0].workload",
                 "set exactly one of manifests, configMapRef, secretRef or fromBackup",

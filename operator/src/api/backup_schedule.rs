@@ -254,6 +254,9 @@ pub struct BackupScheduleStatus {
     /// When the next backup is due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_run: Option<Time>,
+    /// When the next restore test is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_verification: Option<Time>,
     /// True while an open Incident freezes pruning.
     #[serde(default)]
     pub pruning_frozen: bool,

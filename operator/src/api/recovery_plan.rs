@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{DNS_LABEL, Duration, JobTemplate, embedded_objects_schema};
+use super::common::{DNS_LABEL, Duration, JobTemplate, NamespacedRef, embedded_objects_schema};
 
 /// A recovery plan: the services of a platform grouped into ordered priority tiers, each
 /// with its dependencies and what it takes to rebuild it. Applying a plan to a clean cluster
@@ -269,6 +269,10 @@ pub struct FromBackup {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "set"))]
     pub kinds: Vec<String>,
+    /// Secret holding the age private key (key `identity`) that decrypts the backup. It is
+    /// supplied at recovery by whoever keeps the key offline; the operator never writes it
+    /// anywhere and never logs it.
+    pub identity_secret_ref: NamespacedRef,
 }
 
 /// A Secret created with fresh random values.

@@ -18,7 +18,6 @@
 
 pub mod checks;
 pub mod drill;
-pub mod restore_points;
 pub mod timeline;
 
 use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration as StdDuration};
@@ -26,6 +25,7 @@ use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration as St
 use futures::StreamExt;
 use k8s_openapi::{
     api::core::v1::{Namespace, Secret},
+    apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
 use kube::{
@@ -58,6 +58,7 @@ use crate::{
         },
         recovery_plan::{RecoveryPlan, ServiceAction},
     },
+    backup,
     conditions::conditions,
     labels::{self, FIELD_MANAGER},
 };
@@ -436,18 +437,13 @@ async fn observe(
     Ok(observed)
 }
 
-/// A restore point for every service of the plans that restores from a backup.
+/// A restore point for every service of the plans that restores from a backup, chosen by
+/// the same code the restore uses (every candidate opened with all its checks).
 async fn choose_restore_points(
     ctx: &Context,
     incident: &Incident,
     plans: &BTreeMap<String, RecoveryPlan>,
 ) -> Result<Vec<ChosenRestorePoint>, Error> {
-    let backups = Api::<Backup>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_error("list", "Backups"))?
-        .items;
-    let compromised_since = incident.spec.compromised_since.0;
     let rule = &incident.spec.restore_point;
     let mut points = Vec::new();
     for (plan_name, plan) in plans {
@@ -459,80 +455,53 @@ async fn choose_restore_points(
             else {
                 continue;
             };
-            let named = from
-                .backup
-                .clone()
-                .map(|b| (b, "named in the plan"))
-                .or_else(|| {
-                    (rule.rule == RestorePointRule::Named)
-                        .then(|| rule.backup.clone().map(|b| (b, "named by the incident")))
-                        .flatten()
-                });
             let namespace = from
                 .source_namespace
                 .as_deref()
                 .unwrap_or(&service.namespace);
-            let point = match named {
-                Some((backup, why)) => {
-                    let found = backups.iter().find(|b| b.name_any() == backup);
-                    let completed = found.and_then(|b| b.status.as_ref()?.completed.clone());
-                    ChosenRestorePoint {
-                        plan: plan_name.clone(),
-                        service: service.name.clone(),
-                        backup: found.map(|_| backup.clone()),
-                        data_loss_window: completed.as_ref().and_then(|c| {
-                            let window =
-                                StdDuration::try_from(compromised_since.duration_since(c.0))
-                                    .ok()?;
-                            Some(crate::api::common::Duration::from(window).to_string())
-                        }),
-                        backup_completed: completed,
-                        message: Some(match found {
-                            Some(_) => format!("{backup}: {why}"),
-                            None => format!("backup {backup} ({why}) not found"),
-                        }),
-                    }
-                }
-                None => {
-                    let candidates =
-                        restore_points::candidates(&backups, namespace, compromised_since);
-                    let mut content = BTreeMap::new();
-                    for candidate in &candidates {
-                        if restore_points::usable_status(candidate, rule.allow_unverified).is_err()
-                        {
-                            continue;
-                        }
-                        let verdict = check_content(ctx, candidate).await;
-                        let clean = verdict.is_ok();
-                        content.insert(candidate.name_any(), verdict);
-                        if clean {
-                            break;
-                        }
-                    }
-                    restore_points::choose(
-                        plan_name,
-                        &service.name,
-                        &candidates,
-                        &content,
-                        rule.allow_unverified,
-                        compromised_since,
-                    )
+            let mut point = ChosenRestorePoint {
+                plan: plan_name.clone(),
+                service: service.name.clone(),
+                backup: None,
+                backup_completed: None,
+                data_loss_window: None,
+                message: None,
+            };
+            let identity = backup::engine::identity(&ctx.client, &from.identity_secret_ref)
+                .await
+                .map_err(kube_error(
+                    "read",
+                    format!("the identity Secret of {plan_name}/{}", service.name),
+                ))?;
+            let identity = match identity {
+                Ok(identity) => identity,
+                Err(failure) => {
+                    point.message = Some(failure);
+                    points.push(point);
+                    continue;
                 }
             };
+            let named = from.backup.clone().or_else(|| {
+                (rule.rule == RestorePointRule::Named)
+                    .then(|| rule.backup.clone())
+                    .flatten()
+            });
+            let (choice, _) = backup::restore::restore_point(
+                &ctx.client,
+                &identity,
+                &backup::restore::rule_of(Some(incident), namespace),
+                named.as_deref(),
+            )
+            .await
+            .map_err(kube_error("read", "Backups"))?;
+            point.message = Some(choice.describe(namespace));
+            point.backup = choice.backup;
+            point.backup_completed = choice.completed.map(Time);
+            point.data_loss_window = choice.data_loss_window;
             points.push(point);
         }
     }
     Ok(points)
-}
-
-/// Whether a backup's stored content still matches its manifest and decrypts. Reading the
-/// store is the backup controller's; until it is wired in, no backup passes, so no restore
-/// point is ever chosen on trust alone.
-async fn check_content(_ctx: &Context, backup: &Backup) -> Result<(), String> {
-    Err(format!(
-        "backup {}: this build cannot read backup stores to check the content",
-        backup.name_any()
-    ))
 }
 
 /// The credentials the plans regenerate that are missing or older than the compromise.

@@ -101,6 +101,8 @@ pub struct Context {
     /// checked against these on every reconcile, which would otherwise cost a read per
     /// object per ready service.
     created: Created,
+    /// The restore point last reported per (plan, service) of a `fromBackup` workload.
+    restore_points: Mutex<BTreeMap<(String, String), String>>,
 }
 
 struct Created {
@@ -173,6 +175,7 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
             stateful_sets: cache(Api::all(client.clone())).await,
             daemon_sets: cache(Api::all(client.clone())).await,
         },
+        restore_points: Mutex::default(),
     });
     let ours = watcher::Config::default().labels(labels::PLAN);
     Controller::new(
@@ -543,7 +546,8 @@ async fn advance(
     let namespace = &service.namespace;
 
     if record.phase == ServicePhase::Ready {
-        if service.action == ServiceAction::Rebuild && !workload_present(ctx, service).await? {
+        if service.action == ServiceAction::Rebuild && !workload_present(ctx, plan, service).await?
+        {
             // Rebuilt like the first time: the planner decides when, after its dependencies.
             record.phase = ServicePhase::Pending;
             record.message = Some("its objects disappeared: rebuilding".into());
@@ -593,7 +597,7 @@ async fn advance(
                 return Ok(());
             }
         }
-        let manifests = match manifests(ctx, service).await? {
+        let manifests = match manifests(ctx, plan, service).await? {
             Ok(manifests) => manifests,
             Err(message) => {
                 reached(
@@ -696,15 +700,45 @@ async fn run_job(
 
 /// The manifests of a service's workload, or why they cannot be had (a plan problem the
 /// status reports, not an error to retry).
-async fn manifests(ctx: &Context, service: &Service) -> Result<Result<Vec<Value>, String>, Error> {
+async fn manifests(
+    ctx: &Context,
+    plan: &RecoveryPlan,
+    service: &Service,
+) -> Result<Result<Vec<Value>, String>, Error> {
     let Some(workload) = &service.workload else {
         return Ok(Ok(Vec::new()));
     };
     if let Some(manifests) = &workload.manifests {
         return Ok(Ok(manifests.clone()));
     }
-    if workload.from_backup.is_some() {
-        return Ok(Err("workloads from a backup need the backup controller, which this version does not have yet".into()));
+    if let Some(from) = &workload.from_backup {
+        let plan_name = plan.name_any();
+        let restored = crate::backup::restore::objects(&ctx.client, &plan_name, service, from)
+            .await
+            .map_err(kube_error(
+                "restore from a backup",
+                format!("service {}", service.name),
+            ))?;
+        return Ok(match restored {
+            Ok((objects, description)) => {
+                let key = (plan_name.clone(), service.name.clone());
+                let new = ctx.restore_points.lock().await.get(&key) != Some(&description);
+                if new {
+                    info!(plan = %plan_name, service = %service.name, %description, "restore point");
+                    publish(
+                        ctx,
+                        plan,
+                        EventType::Normal,
+                        "RestorePointChosen",
+                        format!("{}: {description}", service.name),
+                    )
+                    .await;
+                    ctx.restore_points.lock().await.insert(key, description);
+                }
+                Ok(objects)
+            }
+            Err(message) => Err(message),
+        });
     }
     let (source, texts) = if let Some(source) = &workload.config_map_ref {
         let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &source.namespace);
@@ -818,8 +852,12 @@ async fn apply_workload(
 }
 
 /// Whether every object of a ready service's workload still exists.
-async fn workload_present(ctx: &Context, service: &Service) -> Result<bool, Error> {
-    let manifests = match manifests(ctx, service).await? {
+async fn workload_present(
+    ctx: &Context,
+    plan: &RecoveryPlan,
+    service: &Service,
+) -> Result<bool, Error> {
+    let manifests = match manifests(ctx, plan, service).await? {
         Ok(manifests) => manifests,
         Err(_) => return Ok(true),
     };

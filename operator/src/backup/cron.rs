@@ -1,0 +1,71 @@
+//! When a schedule runs next: its cron expression read in its IANA time zone. Pure.
+
+use std::str::FromStr;
+
+use chrono::{TimeZone as _, Utc};
+use k8s_openapi::jiff::Timestamp;
+
+/// The first run strictly after `after`, or why the schedule cannot be read.
+pub fn next_run(expression: &str, time_zone: &str, after: Timestamp) -> Result<Timestamp, String> {
+    let zone = chrono_tz::Tz::from_str(time_zone)
+        .map_err(|_| format!("unknown time zone {time_zone:?}"))?;
+    let cron = croner::Cron::from_str(expression)
+        .map_err(|error| format!("cron expression {expression:?}: {error}"))?;
+    let start = Utc
+        .timestamp_opt(after.as_second(), after.subsec_nanosecond().max(0) as u32)
+        .single()
+        .ok_or_else(|| "time out of range".to_owned())?
+        .with_timezone(&zone);
+    let next = cron
+        .find_next_occurrence(&start, false)
+        .map_err(|error| format!("cron expression {expression:?} has no next run: {error}"))?;
+    Timestamp::from_second(next.timestamp()).map_err(|error| error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_daily_schedule_runs_at_local_time() {
+        // 02:30 in Rome is 01:30 UTC in winter and 00:30 UTC in summer.
+        assert_eq!(
+            next_run("30 2 * * *", "Europe/Rome", ts("2026-01-10T12:00:00Z")),
+            Ok(ts("2026-01-11T01:30:00Z"))
+        );
+        assert_eq!(
+            next_run("30 2 * * *", "Europe/Rome", ts("2026-07-10T12:00:00Z")),
+            Ok(ts("2026-07-11T00:30:00Z"))
+        );
+        assert_eq!(
+            next_run("@hourly", "UTC", ts("2026-07-10T12:00:00Z")),
+            Ok(ts("2026-07-10T13:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn the_next_run_is_strictly_after() {
+        assert_eq!(
+            next_run("0 * * * *", "UTC", ts("2026-07-10T12:00:00Z")),
+            Ok(ts("2026-07-10T13:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn bad_values_are_reported() {
+        assert!(
+            next_run("75 * * * *", "UTC", ts("2026-07-10T12:00:00Z"))
+                .unwrap_err()
+                .contains("75 * * * *")
+        );
+        assert!(
+            next_run("0 * * * *", "Mars/Olympus", ts("2026-07-10T12:00:00Z"))
+                .unwrap_err()
+                .contains("Mars/Olympus")
+        );
+    }
+}

@@ -1,0 +1,233 @@
+//! The BackupStore as an `object_store`: a local directory or an S3 bucket, and the probe
+//! that finds out how safe backups are there.
+
+use std::sync::Arc;
+
+use object_store::{
+    ObjectStore, PutMode, PutOptions, PutPayload, aws::AmazonS3Builder, local::LocalFileSystem,
+    path::Path,
+};
+
+use crate::api::backup_store::{BackupStoreSpec, StoreType};
+
+/// S3 credentials, read from the store's Secret. Never logged.
+pub struct Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(..)")
+    }
+}
+
+/// An opened store, with the key prefix every path is under.
+#[derive(Clone)]
+pub struct Store {
+    pub kind: StoreType,
+    inner: Arc<dyn ObjectStore>,
+    prefix: String,
+}
+
+/// What went wrong talking to a store, in words for a status message.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+impl StoreError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Io {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }
+        )
+    }
+
+    pub fn is_already_there(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Io {
+                source: object_store::Error::AlreadyExists { .. },
+                ..
+            }
+        )
+    }
+}
+
+impl Store {
+    /// Opens the store the spec describes. S3 needs the credentials.
+    pub fn open(
+        spec: &BackupStoreSpec,
+        credentials: Option<Credentials>,
+    ) -> Result<Self, StoreError> {
+        if let Some(filesystem) = &spec.filesystem {
+            let path = std::path::Path::new(&filesystem.path);
+            if !path.is_dir() {
+                return Err(StoreError::Config(format!(
+                    "{} is not a directory the operator can see (is the volume mounted?)",
+                    filesystem.path
+                )));
+            }
+            let inner = LocalFileSystem::new_with_prefix(path)
+                .map_err(|error| StoreError::Config(format!("{}: {error}", filesystem.path)))?;
+            return Ok(Store {
+                kind: StoreType::Filesystem,
+                inner: Arc::new(inner),
+                prefix: String::new(),
+            });
+        }
+        let Some(s3) = &spec.s3 else {
+            return Err(StoreError::Config(
+                "the store has neither filesystem nor s3".into(),
+            ));
+        };
+        let credentials =
+            credentials.ok_or_else(|| StoreError::Config("S3 credentials are missing".into()))?;
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&s3.bucket)
+            .with_region(s3.region.as_deref().unwrap_or("us-east-1"))
+            .with_access_key_id(credentials.access_key_id)
+            .with_secret_access_key(credentials.secret_access_key)
+            .with_virtual_hosted_style_request(!s3.force_path_style)
+            .with_allow_http(s3.allow_insecure_http);
+        if let Some(endpoint) = &s3.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        let inner = builder
+            .build()
+            .map_err(|error| StoreError::Config(format!("bucket {}: {error}", s3.bucket)))?;
+        Ok(Store {
+            kind: StoreType::S3,
+            inner: Arc::new(inner),
+            prefix: s3.prefix.clone().unwrap_or_default(),
+        })
+    }
+
+    fn path(&self, key: &str) -> Path {
+        Path::from(format!("{}{key}", self.prefix))
+    }
+
+    /// Writes `key`; never overwrites: an existing object is an error. Returns the version
+    /// the store gave it, in a versioned bucket.
+    pub async fn create(&self, key: &str, bytes: Vec<u8>) -> Result<Option<String>, StoreError> {
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        self.inner
+            .put_opts(&self.path(key), PutPayload::from(bytes), options)
+            .await
+            .map(|result| result.version)
+            .map_err(|source| StoreError::Io {
+                action: "write",
+                path: key.to_owned(),
+                source,
+            })
+    }
+
+    /// Overwrites `key` (the probe uses it to learn whether it can).
+    pub async fn overwrite(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.inner
+            .put(&self.path(key), PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|source| StoreError::Io {
+                action: "overwrite",
+                path: key.to_owned(),
+                source,
+            })
+    }
+
+    pub async fn read(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        let error = |source| StoreError::Io {
+            action: "read",
+            path: key.to_owned(),
+            source,
+        };
+        let result = self.inner.get(&self.path(key)).await.map_err(error)?;
+        let bytes = result.bytes().await.map_err(error)?;
+        Ok(bytes.to_vec())
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner
+            .delete(&self.path(key))
+            .await
+            .map_err(|source| StoreError::Io {
+                action: "delete",
+                path: key.to_owned(),
+                source,
+            })
+    }
+}
+
+/// What a probe found.
+#[derive(Debug)]
+pub struct Probe {
+    pub reachable: Result<(), String>,
+    /// Whether the probe object could be destroyed: `None` when the probe could not write.
+    pub can_delete: Option<bool>,
+}
+
+/// The key of a probe object, under `probes/`.
+pub fn probe_key(probe_name: &str) -> String {
+    format!("probes/{probe_name}")
+}
+
+/// Writes a probe object; in a versioned bucket, returns its version so that the caller can
+/// try to destroy exactly that version. Otherwise tries to overwrite and delete it.
+pub async fn probe(store: &Store, probe_name: &str) -> (Probe, Option<String>) {
+    let key = probe_key(probe_name);
+    let version = match store.create(&key, b"resurgo probe".to_vec()).await {
+        Ok(version) => version,
+        Err(error) if error.is_already_there() => None,
+        Err(error) => {
+            return (
+                Probe {
+                    reachable: Err(error.to_string()),
+                    can_delete: None,
+                },
+                None,
+            );
+        }
+    };
+    if version.is_some() {
+        return (
+            Probe {
+                reachable: Ok(()),
+                can_delete: None,
+            },
+            version,
+        );
+    }
+    let overwrite = store
+        .overwrite(&key, b"resurgo probe, again".to_vec())
+        .await;
+    let delete = store.delete(&key).await;
+    (
+        Probe {
+            reachable: Ok(()),
+            can_delete: Some(overwrite.is_ok() || delete.is_ok()),
+        },
+        None,
+    )
+}
+
+impl Store {
+    /// The full key of `key` in the bucket, with the store's prefix.
+    pub fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
