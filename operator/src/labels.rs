@@ -16,3 +16,12 @@ pub const SERVICE: &str = "resurgo.dev/service";
 /// What an object is for, in the service: `workload`, `restore`, `check`, `secret`,
 /// `network-policy`.
 pub const PART: &str = "resurgo.dev/part";
+
+/// The label key whose value is [`MANAGED_BY`].
+pub const MANAGED_BY_KEY: &str = "app.kubernetes.io/managed-by";
+
+/// The AccessPolicy an object was created or saved for.
+pub const ACCESS_POLICY: &str = "resurgo.dev/access-policy";
+
+/// The grant of that policy a binding carries.
+pub const GRANT: &str = "resurgo.dev/grant";

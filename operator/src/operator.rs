@@ -41,7 +41,12 @@ pub fn run(log_format: LogFormat) -> Result<(), StartError> {
         .block_on(async {
             let client = kube::Client::try_default().await?;
             tracing::info!("resurgo operator started");
-            crate::recovery::run(client, shutdown_signal()).await;
+            // One signal stops every controller.
+            let shutdown = futures::FutureExt::shared(shutdown_signal());
+            tokio::join!(
+                crate::recovery::run(client.clone(), shutdown.clone()),
+                crate::access::run(client, shutdown),
+            );
             tracing::info!("resurgo operator stopped");
             Ok(())
         })
