@@ -48,7 +48,7 @@ use std::{
 use futures::StreamExt;
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Secret},
+        core::v1::{Namespace, ObjectReference, Secret},
         networking::v1::NetworkPolicy,
         rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding, Subject as RbacSubject},
     },
@@ -170,6 +170,10 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
         .for_each(|result| async move {
             match result {
                 Ok((policy, _)) => tracing::debug!(policy = %policy.name, "reconciled"),
+                // A policy deleted while a requeue was pending: nothing to do.
+                Err(kube::runtime::controller::Error::ObjectNotFound(policy)) => {
+                    tracing::debug!(%policy, "gone before its requeue")
+                }
                 Err(error) => warn!(%error, "access reconcile failed"),
             }
         })
@@ -287,7 +291,7 @@ async fn apply(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Error> {
                 "restoring the bindings the lockdown suspended",
             ),
         };
-        publish(ctx, policy, EventType::Normal, reason, note.into()).await;
+        publish(ctx, policy, EventType::Normal, reason, note.into(), None).await;
     }
     let suspended = match policy.spec.mode {
         AccessMode::Lockdown => lock_down(ctx, policy).await?,
@@ -379,8 +383,9 @@ async fn apply_grants(
     now: Timestamp,
 ) -> Result<(), Error> {
     let name = policy.name_any();
-    let mut given = BTreeSet::new();
-    let mut revoked = BTreeSet::new();
+    // The grants given and revoked, each with one of its bindings, which their Events name.
+    let mut given = BTreeMap::new();
+    let mut revoked = BTreeMap::new();
 
     let rb_api: Api<RoleBinding> = Api::all(ctx.client.clone());
     let existing = rb_api
@@ -409,7 +414,9 @@ async fn apply_grants(
         api.patch(&rb.name_any(), &apply_params(), &Patch::Apply(rb))
             .await
             .map_err(kube_error("apply", what))?;
-        given.insert(grant.clone());
+        given.entry(grant.clone()).or_insert_with(|| {
+            reference(BindingKind::RoleBinding, Some(&namespace), &rb.name_any())
+        });
     }
     for rb in &existing.items {
         if !wanted
@@ -425,7 +432,11 @@ async fn apply_grants(
                 &format!("RoleBinding {namespace}/{}", rb.name_any()),
             )
             .await?;
-            revoked.extend(rb.labels().get(labels::GRANT).cloned());
+            if let Some(grant) = rb.labels().get(labels::GRANT) {
+                revoked.entry(grant.clone()).or_insert_with(|| {
+                    reference(BindingKind::RoleBinding, Some(&namespace), &rb.name_any())
+                });
+            }
         }
     }
 
@@ -457,7 +468,9 @@ async fn apply_grants(
             .patch(&crb.name_any(), &apply_params(), &Patch::Apply(crb))
             .await
             .map_err(kube_error("apply", what))?;
-        given.insert(grant.clone());
+        given
+            .entry(grant.clone())
+            .or_insert_with(|| reference(BindingKind::ClusterRoleBinding, None, &crb.name_any()));
     }
     for crb in &existing.items {
         if !wanted
@@ -471,11 +484,15 @@ async fn apply_grants(
                 &format!("ClusterRoleBinding {}", crb.name_any()),
             )
             .await?;
-            revoked.extend(crb.labels().get(labels::GRANT).cloned());
+            if let Some(grant) = crb.labels().get(labels::GRANT) {
+                revoked.entry(grant.clone()).or_insert_with(|| {
+                    reference(BindingKind::ClusterRoleBinding, None, &crb.name_any())
+                });
+            }
         }
     }
 
-    for grant_name in &given {
+    for (grant_name, binding) in &given {
         let Some(grant) = policy.spec.grants.iter().find(|g| &g.name == grant_name) else {
             continue;
         };
@@ -503,10 +520,20 @@ async fn apply_grants(
             grant.name, grant.subject.kind, grant.subject.name, grant.reason
         );
         info!(policy = %name, grant = %grant.name, "grant applied");
-        publish(ctx, policy, EventType::Normal, "GrantApplied", note).await;
+        let related = Some(binding.clone());
+        publish(
+            ctx,
+            policy,
+            EventType::Normal,
+            "GrantApplied",
+            note,
+            related,
+        )
+        .await;
     }
-    for grant_name in revoked.difference(&given) {
+    for (grant_name, binding) in revoked.iter().filter(|(g, _)| !given.contains_key(*g)) {
         let why = match policy.spec.grants.iter().find(|g| &g.name == grant_name) {
+            _ if policy.meta().deletion_timestamp.is_some() => "the policy is deleted".to_owned(),
             Some(grant) if !desired::in_force(grant.expires_at.as_ref(), now) => format!(
                 "expired at {}",
                 grant
@@ -516,9 +543,6 @@ async fn apply_grants(
                     .unwrap_or_default()
             ),
             Some(_) => "its namespace is gone".to_owned(),
-            None if policy.meta().deletion_timestamp.is_some() => {
-                "the policy is deleted".to_owned()
-            }
             None => "removed from the policy".to_owned(),
         };
         info!(policy = %name, grant = %grant_name, %why, "grant revoked");
@@ -528,6 +552,7 @@ async fn apply_grants(
             EventType::Normal,
             "GrantRevoked",
             format!("grant {grant_name}: {why}; its bindings are deleted"),
+            Some(binding.clone()),
         )
         .await;
     }
@@ -570,7 +595,16 @@ async fn apply_remote_access(
             .patch(&np.name_any(), &apply_params(), &Patch::Apply(np))
             .await
             .map_err(kube_error("apply", what.clone()))?;
-        publish(ctx, policy, EventType::Normal, "RemoteAccessOpened", what).await;
+        let related = Some(network_policy_reference(&namespace, &np.name_any()));
+        publish(
+            ctx,
+            policy,
+            EventType::Normal,
+            "RemoteAccessOpened",
+            what,
+            related,
+        )
+        .await;
     }
     for np in &existing.items {
         if !wanted
@@ -585,7 +619,16 @@ async fn apply_remote_access(
                 &what,
             )
             .await?;
-            publish(ctx, policy, EventType::Normal, "RemoteAccessClosed", what).await;
+            let related = Some(network_policy_reference(&namespace, &np.name_any()));
+            publish(
+                ctx,
+                policy,
+                EventType::Normal,
+                "RemoteAccessClosed",
+                what,
+                related,
+            )
+            .await;
         }
     }
     Ok(())
@@ -697,6 +740,7 @@ async fn lock_down(ctx: &Context, policy: &AccessPolicy) -> Result<u32, Error> {
                         ctx.namespace,
                         saved::save_name(binding)
                     ),
+                    Some(binding_reference(binding)),
                 )
                 .await;
             }
@@ -715,6 +759,7 @@ async fn lock_down(ctx: &Context, policy: &AccessPolicy) -> Result<u32, Error> {
                         ctx.namespace,
                         saved::save_name(binding)
                     ),
+                    Some(binding_reference(binding)),
                 )
                 .await;
             }
@@ -812,7 +857,8 @@ async fn lift(ctx: &Context, policy: &AccessPolicy) -> Result<(), Error> {
                     ),
                 };
                 info!(policy = %name, binding = %binding.binding, reason, "lockdown lifted for binding");
-                publish(ctx, policy, type_, reason, note).await;
+                let related = Some(binding_reference(&binding.binding));
+                publish(ctx, policy, type_, reason, note, related).await;
             }
             Step::Forget(binding) => {
                 let save = saved::save_name(&binding);
@@ -956,22 +1002,50 @@ async fn write_status(ctx: &Context, name: &str, status: &AccessPolicyStatus) ->
     Ok(())
 }
 
+/// Publishes an Event about the policy. `related` names the binding or NetworkPolicy it is
+/// about: Events of the same reason about different objects stay apart (the recorder folds
+/// Events with the same reason and related object into one series).
 async fn publish(
     ctx: &Context,
     policy: &AccessPolicy,
     type_: EventType,
     reason: &str,
     note: String,
+    related: Option<ObjectReference>,
 ) {
     let event = Event {
         type_,
         reason: reason.into(),
         note: Some(note.chars().take(1000).collect()),
         action: "Access".into(),
-        secondary: None,
+        secondary: related,
     };
     // An event that cannot be written must not stop a lockdown.
     if let Err(error) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
         warn!(policy = %policy.name_any(), %error, "could not publish event");
+    }
+}
+
+fn reference(kind: BindingKind, namespace: Option<&str>, name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("rbac.authorization.k8s.io/v1".into()),
+        kind: Some(format!("{kind:?}")),
+        namespace: namespace.map(str::to_owned),
+        name: Some(name.to_owned()),
+        ..Default::default()
+    }
+}
+
+fn binding_reference(binding: &BindingRef) -> ObjectReference {
+    reference(binding.kind, binding.namespace.as_deref(), &binding.name)
+}
+
+fn network_policy_reference(namespace: &str, name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("networking.k8s.io/v1".into()),
+        kind: Some("NetworkPolicy".into()),
+        namespace: Some(namespace.to_owned()),
+        name: Some(name.to_owned()),
+        ..Default::default()
     }
 }
