@@ -425,6 +425,103 @@ async fn cluster_role_binding(client: &Client, name: &str) -> Option<Binding> {
         .map(|crb| saved::from_cluster_role_binding(&crb))
 }
 
+/// The remote-access rules rendered in a namespace, by rule name.
+async fn remote_rules(client: &Client, ns: &str) -> Vec<String> {
+    let mut rules: Vec<String> = Api::<NetworkPolicy>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels("resurgo.dev/part=remote-access"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|np| np.name_any().rsplit('.').next().unwrap().to_owned())
+        .collect();
+    rules.sort();
+    rules
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn a_grant_waits_for_its_namespace_and_the_policy_says_so() {
+    install_crds().await;
+    let client = client().await;
+    let policies: Api<AccessPolicy> = Api::all(client.clone());
+    let name = unique_name("waiting");
+    let ns = unique_name("not-yet");
+    let user = unique_name("pharmacist");
+    policies
+        .create(
+            &PostParams::default(),
+            &policy(
+                &name,
+                json!({"grants": [{"name": "pharmacy", "subject": {"kind": "User", "name": user},
+                                   "clusterRole": "view", "namespaces": [ns], "reason": "pharmacy staff"}]}),
+            ),
+        )
+        .await
+        .unwrap();
+    let stalled = await_condition(policies.clone(), &name, |p: Option<&AccessPolicy>| {
+        p.and_then(|p| p.status.as_ref()).is_some_and(|s| {
+            s.conditions.iter().any(|c| {
+                c.type_ == "Stalled" && c.status == "True" && c.reason == "NamespaceNotFound"
+            })
+        })
+    });
+    let policy = tokio::time::timeout(Duration::from_secs(30), stalled)
+        .await
+        .expect("Stalled within 30 s")
+        .unwrap()
+        .unwrap();
+    let status = policy.status.unwrap();
+    let ready_condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready_condition.status, "False");
+    assert!(
+        ready_condition.message.contains(&ns),
+        "{}",
+        ready_condition.message
+    );
+    assert_eq!(
+        ready_condition.observed_generation,
+        policy.metadata.generation
+    );
+
+    // The namespace appears: the Namespace watch brings the policy back, no polling.
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(ns.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let applied = ready(&policies, &name).await;
+    let stalled = applied.status.unwrap().conditions;
+    assert!(
+        stalled
+            .iter()
+            .any(|c| c.type_ == "Stalled" && c.status == "False")
+    );
+    eventually(
+        "the pharmacist has access",
+        Duration::from_secs(2),
+        || async { access(&user, &[], "list", "pods", Some(&ns)).await },
+    )
+    .await;
+    deleted(&policies, &name).await;
+    Api::<Namespace>::all(client)
+        .delete(&ns, &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
 /// One test covers every lockdown step, so no two lockdowns overlap; whatever happens, the
 /// policy is deleted at the end, which restores what it suspended.
 #[tokio::test]
@@ -535,13 +632,19 @@ async fn lockdown_story(client: &Client, policies: &Api<AccessPolicy>, name: &st
                     "breakGlass": [{"kind": "User", "name": officer}],
                     "grants": [{"name": "technician", "subject": {"kind": "User", "name": technician},
                                 "clusterRole": "view", "namespaces": [ns], "expiresAt": expiry.to_string(),
-                                "reason": "remote session on request"}]
+                                "reason": "remote session on request"}],
+                    "remoteAccess": [
+                        {"name": "wan", "namespaces": [ns], "sourceCIDRs": ["10.12.0.0/16"]},
+                        {"name": "vendor", "namespaces": [ns], "sourceCIDRs": ["203.0.113.24/32"], "ports": [8443],
+                         "allowDuringLockdown": true, "expiresAt": expiry.to_string(), "reason": "ticket SEC-2"}
+                    ]
                 }),
             ),
         )
         .await
         .unwrap();
     ready(policies, name).await;
+    assert_eq!(remote_rules(client, ns).await, ["vendor", "wan"]);
     for (user, groups) in [
         (nurse.as_str(), vec![]),
         ("anyone", vec![clinical.as_str()]),
@@ -562,6 +665,11 @@ async fn lockdown_story(client: &Client, policies: &Api<AccessPolicy>, name: &st
     let status = locked.status.unwrap();
     assert_eq!(status.mode, Some(AccessMode::Lockdown));
     assert_eq!(status.suspended_bindings, 3, "{status:?}");
+    assert_eq!(
+        remote_rules(client, ns).await,
+        ["vendor"],
+        "only remote access allowed during the lockdown stays"
+    );
     assert!(role_binding(client, ns, "by-hand").await.is_none());
     assert!(cluster_role_binding(client, &clinical_crb).await.is_none());
     let mixed = role_binding(client, ns, "mixed").await.unwrap();
@@ -710,6 +818,7 @@ async fn lockdown_story(client: &Client, policies: &Api<AccessPolicy>, name: &st
     // Back to Normal: every binding returns exactly as it was.
     let normal = set_mode(policies, name, "Normal").await;
     assert_eq!(normal.status.unwrap().suspended_bindings, 0);
+    assert_eq!(remote_rules(client, ns).await, ["vendor", "wan"]);
     for (rb_name, original) in &originals {
         let now = role_binding(client, ns, rb_name).await.unwrap();
         assert_eq!(essence(&now), essence(original), "{rb_name}");
