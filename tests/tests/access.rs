@@ -226,10 +226,10 @@ async fn an_expired_grant_loses_access_within_a_second() {
     tokio::spawn(async move {
         let mut stream = watcher(bindings, watcher::Config::default()).boxed();
         while let Ok(Some(event)) = stream.try_next().await {
-            if let watcher::Event::Delete(rb) = event {
-                if sender.send((rb.name_any(), Timestamp::now())).is_err() {
-                    return;
-                }
+            if let watcher::Event::Delete(rb) = event
+                && sender.send((rb.name_any(), Timestamp::now())).is_err()
+            {
+                return;
             }
         }
     });

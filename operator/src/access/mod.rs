@@ -20,14 +20,14 @@
 //!
 //! | apiGroups | resources | verbs | why |
 //! |---|---|---|---|
-//! | `resurgo.dev` | `accesspolicies` | get, list, watch, patch, update | read policies; add and remove the finalizer |
-//! | `resurgo.dev` | `accesspolicies/status` | get, patch, update | write the status |
-//! | `rbac.authorization.k8s.io` | `rolebindings`, `clusterrolebindings` | get, list, watch, create, update, patch, delete | grants, suspending and restoring bindings |
-//! | `rbac.authorization.k8s.io` | `clusterroles` | get, list, watch, create, update, patch, delete, bind, escalate | policy-defined roles (`escalate`), binding any ClusterRole a grant or a restored binding names (`bind`) |
+//! | `resurgo.dev` | `accesspolicies` | list, watch, patch | read policies; add and remove the finalizer (JSON patch) |
+//! | `resurgo.dev` | `accesspolicies/status` | patch | write the status (server-side apply) |
+//! | `rbac.authorization.k8s.io` | `rolebindings`, `clusterrolebindings` | get, list, watch, create, update, patch, delete | grants (apply), suspending (delete, patch), restoring (create, update) |
+//! | `rbac.authorization.k8s.io` | `clusterroles` | list, watch, create, patch, delete, bind, escalate | policy-defined roles (`escalate`), binding any ClusterRole a grant or a restored binding names (`bind`) |
 //! | `rbac.authorization.k8s.io` | `roles` | bind | restoring a suspended RoleBinding whose roleRef is a Role |
-//! | `networking.k8s.io` | `networkpolicies` | get, list, watch, create, update, patch, delete | remote-access rules |
+//! | `networking.k8s.io` | `networkpolicies` | list, watch, create, patch, delete | remote-access rules |
 //! | `""` | `namespaces` | get, list, watch, create | grants wait for their namespace; the operator namespace is created if missing |
-//! | `""` | `secrets` (operator namespace only: a Role) | get, list, create, delete | saved bindings |
+//! | `""` | `secrets` (operator namespace only: a Role) | list, create, delete | saved bindings |
 //! | `events.k8s.io` | `events` | create, patch | Events on the policy |
 //!
 //! The operator must run as a ServiceAccount: lockdown never touches ServiceAccount subjects,
