@@ -42,7 +42,11 @@ use super::common::DNS_LABEL;
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    // The name is the value of the `resurgo.dev/access-policy` label on everything the
+    // policy makes and saves, and label values have at most 63 characters.
+    validation = Rule::new("self.metadata.name.size() <= 63")
+        .message("an AccessPolicy name has at most 63 characters: it labels every binding the policy makes")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.mode != 'Lockdown' || !has(self.grants) || self.grants.all(g, has(g.expiresAt))")
