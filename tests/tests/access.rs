@@ -815,6 +815,31 @@ async fn lockdown_story(client: &Client, policies: &Api<AccessPolicy>, name: &st
     )
     .await;
 
+    // A subject made break-glass during the lockdown gets its binding back at once.
+    let released = policies
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"breakGlass": [
+                {"kind": "User", "name": officer}, {"kind": "User", "name": nurse}
+            ]}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(released.spec.mode, AccessMode::Lockdown);
+    let status = ready(policies, name).await.status.unwrap();
+    assert_eq!(status.suspended_bindings, 5, "{status:?}");
+    assert_eq!(
+        essence(&role_binding(client, ns, "by-hand").await.unwrap()),
+        essence(&originals["by-hand"])
+    );
+    eventually(
+        "the nurse, now break-glass, has access",
+        Duration::from_secs(2),
+        || async { access(&nurse, &[], "list", "pods", Some(ns)).await },
+    )
+    .await;
+
     // Back to Normal: every binding returns exactly as it was.
     let normal = set_mode(policies, name, "Normal").await;
     assert_eq!(normal.status.unwrap().suspended_bindings, 0);

@@ -153,6 +153,19 @@ pub fn suspend(
     steps
 }
 
+/// The saved bindings a lockdown no longer suspends: their subjects became break-glass
+/// since they were saved. They are restored while the lockdown goes on.
+pub fn released(
+    saved: &BTreeMap<BindingRef, Binding>,
+    break_glass: &[Subject],
+) -> BTreeMap<BindingRef, Binding> {
+    saved
+        .iter()
+        .filter(|(_, binding)| !is_suspendable(binding, break_glass))
+        .map(|(r, b)| (r.clone(), b.clone()))
+        .collect()
+}
+
 /// The steps that end a lockdown, given this policy's saves and the bindings that exist
 /// with the same names (absent when deleted).
 pub fn restore(
@@ -291,6 +304,32 @@ mod tests {
                 Step::Restore(original.clone()),
                 Step::Forget(original.binding)
             ]
+        );
+    }
+
+    #[test]
+    fn a_subject_made_break_glass_during_the_lockdown_gets_its_binding_back() {
+        let nurse = binding("nurse", vec![subject("User", "nurse")]);
+        let both = binding(
+            "both",
+            vec![subject("User", "nurse"), subject("User", "porter")],
+        );
+        let saved = BTreeMap::from([
+            (nurse.binding.clone(), nurse.clone()),
+            (both.binding.clone(), both.clone()),
+        ]);
+        assert!(released(&saved, &[]).is_empty());
+        let now_break_glass = [Subject {
+            kind: SubjectKind::User,
+            name: "nurse".into(),
+            namespace: None,
+        }];
+        // Only the binding all of whose human subjects are now break-glass comes back.
+        assert_eq!(
+            released(&saved, &now_break_glass)
+                .into_keys()
+                .collect::<Vec<_>>(),
+            vec![nurse.binding]
         );
     }
 

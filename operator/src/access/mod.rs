@@ -651,6 +651,13 @@ fn saves_of(policy: Option<&str>) -> ListParams {
 async fn lock_down(ctx: &Context, policy: &AccessPolicy) -> Result<u32, Error> {
     let name = policy.name_any();
     ensure_namespace(ctx).await?;
+    // Bindings whose subjects became break-glass during the lockdown come back first.
+    let released = lockdown::released(
+        &saves_of_policy(ctx, &name).await?,
+        &policy.spec.break_glass,
+    );
+    restore_saved(ctx, policy, &released).await?;
+
     let secrets = saves_api(ctx);
     let saves = secrets
         .list(&saves_of(None))
@@ -814,18 +821,35 @@ async fn reduce(
 
 /// Restores every binding this policy's lockdown saved, then forgets the save.
 async fn lift(ctx: &Context, policy: &AccessPolicy) -> Result<(), Error> {
-    let name = policy.name_any();
-    let secrets = saves_api(ctx);
-    let saves = secrets
-        .list(&saves_of(Some(&name)))
+    let saved = saves_of_policy(ctx, &policy.name_any()).await?;
+    restore_saved(ctx, policy, &saved).await
+}
+
+/// The bindings this policy's lockdown saved.
+async fn saves_of_policy(
+    ctx: &Context,
+    policy: &str,
+) -> Result<BTreeMap<BindingRef, Binding>, Error> {
+    let saves = saves_api(ctx)
+        .list(&saves_of(Some(policy)))
         .await
         .map_err(kube_error("list", format!("Secrets in {}", ctx.namespace)))?;
-    let saved: BTreeMap<BindingRef, Binding> = saves
+    Ok(saves
         .items
         .iter()
         .filter_map(saved::from_secret)
         .map(|b| (b.binding.clone(), b))
-        .collect();
+        .collect())
+}
+
+/// Puts back each saved binding exactly, then forgets its save.
+async fn restore_saved(
+    ctx: &Context,
+    policy: &AccessPolicy,
+    saved: &BTreeMap<BindingRef, Binding>,
+) -> Result<(), Error> {
+    let name = policy.name_any();
+    let secrets = saves_api(ctx);
     let mut current = BTreeMap::new();
     let mut versions = BTreeMap::new();
     for binding in saved.keys() {
@@ -834,7 +858,7 @@ async fn lift(ctx: &Context, policy: &AccessPolicy) -> Result<(), Error> {
             versions.insert(binding.clone(), version);
         }
     }
-    for step in lockdown::restore(&saved, &current) {
+    for step in lockdown::restore(saved, &current) {
         match step {
             Step::Restore(binding) => {
                 let outcome = put_back(

@@ -83,7 +83,9 @@ pub struct AccessPolicySpec {
 
     /// Subjects whose bindings a lockdown never suspends: the emergency services' accounts
     /// and the people who must be able to act during an incident. Users and Groups match by
-    /// kind and name. ServiceAccounts keep their access in a lockdown anyway; listing them
+    /// kind and name. A subject added during a lockdown gets back at once every suspended
+    /// binding whose human subjects are then all break-glass. ServiceAccounts keep their
+    /// access in a lockdown anyway; listing them
     /// documents that they must. Break-glass is about RBAC only: network access from
     /// outside the cluster is what remoteAccess says.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
