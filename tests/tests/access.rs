@@ -487,6 +487,7 @@ async fn a_grant_waits_for_its_namespace_and_the_policy_says_so() {
         ready_condition.observed_generation,
         policy.metadata.generation
     );
+    has_event(&client, &name, "NamespaceNotFound", &ns).await;
 
     // The namespace appears: the Namespace watch brings the policy back, no polling.
     Api::<Namespace>::all(client.clone())
@@ -716,6 +717,7 @@ async fn lockdown_story(client: &Client, policies: &Api<AccessPolicy>, name: &st
         &format!("ClusterRoleBinding/{clinical_crb}"),
     )
     .await;
+    has_event(client, name, "LockdownStarted", "suspending").await;
 
     // A human binding made during the lockdown is suspended at once.
     rbs.create(

@@ -275,33 +275,85 @@ async fn apply(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Error> {
     wanted.role_bindings.retain(|(_, rb)| here(&rb.metadata));
     wanted.network_policies.retain(|np| here(&np.metadata));
 
-    apply_roles(ctx, policy, &wanted.cluster_roles).await?;
-    apply_grants(ctx, policy, &wanted, now).await?;
-    apply_remote_access(ctx, policy, &wanted.network_policies).await?;
-
     let previous = policy.status.clone().unwrap_or_default();
-    if previous.mode.is_some_and(|mode| mode != policy.spec.mode) {
-        let (reason, note) = match policy.spec.mode {
-            AccessMode::Lockdown => (
+    let started = previous.mode != Some(policy.spec.mode);
+    match policy.spec.mode {
+        AccessMode::Lockdown if started => {
+            let note = "suspending every human binding that is not break-glass";
+            publish(
+                ctx,
+                policy,
+                EventType::Normal,
                 "LockdownStarted",
-                "suspending every human binding that is not break-glass",
-            ),
-            AccessMode::Normal => (
-                "LockdownLifted",
-                "restoring the bindings the lockdown suspended",
-            ),
-        };
-        publish(ctx, policy, EventType::Normal, reason, note.into(), None).await;
-    }
-    let suspended = match policy.spec.mode {
-        AccessMode::Lockdown => lock_down(ctx, policy).await?,
-        AccessMode::Normal => {
-            lift(ctx, policy).await?;
-            0
+                note.into(),
+                None,
+            )
+            .await;
         }
-    };
+        AccessMode::Normal if started && previous.mode.is_some() => {
+            let note = "restoring the bindings the lockdown suspended";
+            publish(
+                ctx,
+                policy,
+                EventType::Normal,
+                "LockdownLifted",
+                note.into(),
+                None,
+            )
+            .await;
+        }
+        _ => {}
+    }
+
+    // The lockdown goes first, and nothing else failing holds it back: a grant that cannot
+    // be written (say, its namespace is terminating) must not keep anyone's access.
+    let mut first_error = None;
+    let mut suspended = 0;
+    if policy.spec.mode == AccessMode::Lockdown {
+        match lock_down(ctx, policy).await {
+            Ok(count) => suspended = count,
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    let steps = [
+        apply_roles(ctx, policy, &wanted.cluster_roles).await,
+        apply_grants(ctx, policy, &wanted, now).await,
+        apply_remote_access(ctx, policy, &wanted.network_policies).await,
+    ];
+    for result in steps {
+        if let Err(error) = result {
+            first_error.get_or_insert(error);
+        }
+    }
+    if policy.spec.mode == AccessMode::Normal
+        && let Err(error) = lift(ctx, policy).await
+    {
+        first_error.get_or_insert(error);
+    }
+    if let Some(error) = first_error {
+        return Err(error);
+    }
 
     let status = status::compute(policy, &previous, &missing, suspended, now);
+    let stalled = |s: &AccessPolicyStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Stalled" && c.status == "True")
+            .map(|c| c.message.clone())
+    };
+    if let Some(message) = stalled(&status).filter(|_| stalled(&previous).is_none()) {
+        publish(
+            ctx,
+            policy,
+            EventType::Warning,
+            "NamespaceNotFound",
+            message,
+            None,
+        )
+        .await;
+    }
     if policy.status.as_ref() != Some(&status) {
         write_status(ctx, &name, &status).await?;
     }
