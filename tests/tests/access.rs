@@ -932,3 +932,263 @@ async fn lockdown_story(client: &Client, policies: &Api<AccessPolicy>, name: &st
         crbs.delete(crb, &DeleteParams::default()).await.unwrap();
     }
 }
+
+/// A control plane of its own, with an operator of its own that the test can kill: the
+/// shared operator of tests/run.sh must not act on what this test examines.
+struct PrivateCluster {
+    dir: std::path::PathBuf,
+    kubeconfig: std::path::PathBuf,
+    operator: Option<std::process::Child>,
+}
+
+impl PrivateCluster {
+    fn up() -> PrivateCluster {
+        let dir = std::path::PathBuf::from(format!(
+            "/dev/shm/resurgo-access-crash-{}",
+            std::process::id()
+        ));
+        let output =
+            std::process::Command::new(resurgo_tests::repo_root().join("tests/cluster/up.sh"))
+                .arg(&dir)
+                .output()
+                .expect("run up.sh");
+        assert!(
+            output.status.success(),
+            "up.sh failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let kubeconfig = dir.join("kubeconfig");
+        let cluster = PrivateCluster {
+            dir,
+            kubeconfig,
+            operator: None,
+        };
+        let crds = resurgo_tests::repo_root().join("crds");
+        cluster.kubectl(&["apply", "--server-side", "-f", crds.to_str().unwrap()]);
+        cluster.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "-f",
+            crds.to_str().unwrap(),
+        ]);
+        cluster
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        let mut all = vec!["--kubeconfig", self.kubeconfig.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let output = kubectl(&all, None);
+        assert!(
+            output.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    async fn client(&self) -> Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
+        Client::try_from(config).unwrap()
+    }
+
+    fn start_operator(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("operator.log"))
+            .unwrap();
+        let child =
+            std::process::Command::new(resurgo_tests::repo_root().join("target/debug/resurgo"))
+                .arg("run")
+                .env("KUBECONFIG", &self.kubeconfig)
+                .env("RUST_LOG", "warn,resurgo=info")
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start the operator (cargo build -p resurgo first)");
+        self.operator = Some(child);
+    }
+
+    /// SIGKILL: no graceful shutdown, in-flight steps are cut wherever they are.
+    fn kill_operator(&mut self) {
+        if let Some(mut child) = self.operator.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        self.kill_operator();
+        let _ =
+            std::process::Command::new(resurgo_tests::repo_root().join("tests/cluster/down.sh"))
+                .arg(&self.dir)
+                .output();
+    }
+}
+
+/// The saves in the private cluster.
+async fn save_count(secrets: &Api<Secret>) -> usize {
+    secrets
+        .list_metadata(&ListParams::default().labels("resurgo.dev/part=suspended-binding"))
+        .await
+        .unwrap()
+        .items
+        .len()
+}
+
+/// Every hand-made binding is either there exactly as made, or saved exactly: nothing lost.
+async fn nothing_lost(
+    rbs: &Api<RoleBinding>,
+    secrets: &Api<Secret>,
+    originals: &BTreeMap<String, Binding>,
+) {
+    let present: BTreeMap<String, Binding> = rbs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|rb| (rb.name_any(), saved::from_role_binding(rb)))
+        .collect();
+    let saves: BTreeMap<String, Binding> = secrets
+        .list(&ListParams::default().labels("resurgo.dev/part=suspended-binding"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(saved::from_secret)
+        .map(|b| (b.binding.name.clone(), b))
+        .collect();
+    for (name, original) in originals {
+        let kept = present
+            .get(name)
+            .is_some_and(|b| essence(b) == essence(original));
+        let saved = saves
+            .get(name)
+            .is_some_and(|b| essence(b) == essence(original));
+        assert!(kept || saved, "{name} is neither in place nor saved");
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn an_operator_killed_mid_lockdown_and_mid_restore_loses_nothing() {
+    const BINDINGS: usize = 200;
+    let mut cluster = PrivateCluster::up();
+    let client = cluster.client().await;
+    let ns = namespace(&client, "crash").await;
+    let rbs: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
+    for i in 0..BINDINGS {
+        rbs.create(
+            &PostParams::default(),
+            &RoleBinding {
+                metadata: meta(&format!("staff-{i}"), Some(&ns)),
+                role_ref: view(),
+                subjects: Some(vec![subject("User", &format!("staff-{i}"))]),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let originals: BTreeMap<String, Binding> = rbs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|rb| (rb.name_any(), saved::from_role_binding(rb)))
+        .collect();
+    assert_eq!(originals.len(), BINDINGS);
+
+    cluster.start_operator();
+    let policies: Api<AccessPolicy> = Api::all(client.clone());
+    policies
+        .create(
+            &PostParams::default(),
+            &policy("crash", json!({"mode": "Normal"})),
+        )
+        .await
+        .unwrap();
+    ready(&policies, "crash").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &operator_namespace());
+
+    // Kill the operator a few bindings into the lockdown.
+    policies
+        .patch(
+            "crash",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"mode": "Lockdown"}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the lockdown has begun",
+        Duration::from_secs(30),
+        || async { save_count(&secrets).await >= 10 },
+    )
+    .await;
+    cluster.kill_operator();
+    let at_kill = save_count(&secrets).await;
+    assert!(
+        at_kill < BINDINGS,
+        "the kill came after the lockdown finished ({at_kill} saves)"
+    );
+    eprintln!("killed the operator with {at_kill} of {BINDINGS} bindings saved");
+    nothing_lost(&rbs, &secrets, &originals).await;
+
+    // The restarted operator finishes the lockdown.
+    cluster.start_operator();
+    let status = ready(&policies, "crash").await.status.unwrap();
+    assert_eq!(status.suspended_bindings as usize, BINDINGS);
+    assert!(
+        rbs.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    nothing_lost(&rbs, &secrets, &originals).await;
+
+    // Kill it again a few bindings into the restore.
+    policies
+        .patch(
+            "crash",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"mode": "Normal"}})),
+        )
+        .await
+        .unwrap();
+    eventually("the restore has begun", Duration::from_secs(30), || async {
+        save_count(&secrets).await <= BINDINGS - 10
+    })
+    .await;
+    cluster.kill_operator();
+    let at_kill = save_count(&secrets).await;
+    assert!(at_kill > 0, "the kill came after the restore finished");
+    eprintln!("killed the operator with {at_kill} of {BINDINGS} bindings still to restore");
+    nothing_lost(&rbs, &secrets, &originals).await;
+
+    cluster.start_operator();
+    let status = ready(&policies, "crash").await.status.unwrap();
+    assert_eq!(status.suspended_bindings, 0);
+    assert_eq!(save_count(&secrets).await, 0);
+    let restored: BTreeMap<String, Binding> = rbs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|rb| (rb.name_any(), saved::from_role_binding(rb)))
+        .collect();
+    assert_eq!(restored.len(), BINDINGS);
+    for (name, original) in &originals {
+        assert_eq!(essence(&restored[name]), essence(original), "{name}");
+    }
+}
