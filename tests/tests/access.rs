@@ -29,7 +29,7 @@ use resurgo::{
         lockdown::{Binding, BindingKind, BindingRef},
         operator_namespace, saved,
     },
-    api::{AccessPolicy, access_policy::AccessMode},
+    api::{AccessPolicy, Incident, access_policy::AccessMode},
 };
 use resurgo_tests::{client, install_crds, kubectl, unique_name};
 use serde_json::{Value, json};
@@ -533,8 +533,13 @@ async fn lockdown_suspends_every_human_binding_and_normal_restores_them_exactly(
     let policies: Api<AccessPolicy> = Api::all(client.clone());
     let name = unique_name("lockdown");
     let ns = namespace(&client, "lockdown").await;
-    let outcome = std::panic::AssertUnwindSafe(lockdown_story(&client, &policies, &name, &ns))
-        .catch_unwind()
+    let incident = unique_name("ransomware");
+    let outcome =
+        std::panic::AssertUnwindSafe(lockdown_story(&client, &policies, &name, &ns, &incident))
+            .catch_unwind()
+            .await;
+    let _ = Api::<Incident>::all(client.clone())
+        .delete(&incident, &DeleteParams::default())
         .await;
     deleted(&policies, &name).await;
     let _ = Api::<Namespace>::all(client.clone())
@@ -545,7 +550,13 @@ async fn lockdown_suspends_every_human_binding_and_normal_restores_them_exactly(
     }
 }
 
-async fn lockdown_story(client: &Client, policies: &Api<AccessPolicy>, name: &str, ns: &str) {
+async fn lockdown_story(
+    client: &Client,
+    policies: &Api<AccessPolicy>,
+    name: &str,
+    ns: &str,
+    incident: &str,
+) {
     let nurse = unique_name("nurse");
     let clinical = unique_name("clinical-it");
     let contractor = unique_name("contractor");
@@ -927,6 +938,99 @@ async fn lockdown_story(client: &Client, policies: &Api<AccessPolicy>, name: &st
         rbs.get("officers").await.unwrap().resource_version(),
         before
     );
+
+    // An open Real incident naming the policy locks it down while its own mode stays
+    // Normal; a grant without expiry is then not in force, and the policy says why.
+    let permanent = unique_name("permanent");
+    policies
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"grants": [
+                {"name": "technician", "subject": {"kind": "User", "name": technician},
+                 "clusterRole": "view", "namespaces": [ns], "expiresAt": expiry.to_string(),
+                 "reason": "remote session on request"},
+                {"name": "permanent", "subject": {"kind": "User", "name": permanent},
+                 "clusterRole": "view", "namespaces": [ns], "reason": "no expiry"}
+            ]}})),
+        )
+        .await
+        .unwrap();
+    ready(policies, name).await;
+    assert!(access(&permanent, &[], "list", "pods", Some(ns)).await);
+    let incidents: Api<Incident> = Api::all(client.clone());
+    incidents
+        .create(
+            &post,
+            &serde_json::from_value(json!({
+                "apiVersion": "resurgo.dev/v1alpha1", "kind": "Incident",
+                "metadata": {"name": incident},
+                "spec": {"mode": "Real", "compromisedSince": "2026-11-01T00:00:00Z", "accessPolicies": [name]}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let locked = await_condition(policies.clone(), name, |p: Option<&AccessPolicy>| {
+        p.and_then(|p| p.status.as_ref()).is_some_and(|s| {
+            s.mode == Some(AccessMode::Lockdown)
+                && s.conditions.iter().any(|c| {
+                    c.type_ == "Stalled" && c.status == "True" && c.reason == "GrantWithoutExpiry"
+                })
+        })
+    });
+    let locked = tokio::time::timeout(Duration::from_secs(30), locked)
+        .await
+        .expect("the incident locked the policy down within 30 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(locked.spec.mode, AccessMode::Normal);
+    let stalled = locked.status.unwrap().conditions;
+    let stalled = stalled.iter().find(|c| c.type_ == "Stalled").unwrap();
+    assert!(stalled.message.contains("permanent"), "{}", stalled.message);
+    assert!(stalled.message.contains(incident), "{}", stalled.message);
+    assert!(cluster_role_binding(client, &clinical_crb).await.is_none());
+    for (user, groups, allowed) in [
+        ("anyone", vec![clinical.as_str()], false),
+        (permanent.as_str(), vec![], false),
+        (technician.as_str(), vec![], true),
+        (officer.as_str(), vec![], true),
+    ] {
+        eventually(
+            &format!("{user} {groups:?} access is {allowed} under the incident"),
+            Duration::from_secs(2),
+            || {
+                let groups = groups.clone();
+                async move { access(user, &groups, "list", "pods", Some(ns)).await == allowed }
+            },
+        )
+        .await;
+    }
+
+    // Closing the incident lifts the lockdown and the grant comes back.
+    incidents
+        .patch(
+            incident,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"state": "Closed"}})),
+        )
+        .await
+        .unwrap();
+    let lifted = ready(policies, name).await.status.unwrap();
+    assert_eq!(lifted.mode, Some(AccessMode::Normal));
+    assert_eq!(lifted.suspended_bindings, 0);
+    assert_eq!(
+        essence(&cluster_role_binding(client, &clinical_crb).await.unwrap()),
+        essence(&crb_original)
+    );
+    for user in [permanent.as_str(), contractor.as_str()] {
+        eventually(
+            &format!("{user} has access again"),
+            Duration::from_secs(2),
+            || async { access(user, &[], "list", "pods", Some(ns)).await },
+        )
+        .await;
+    }
 
     for crb in [&clinical_crb, &deleted_after_save.binding.name] {
         crbs.delete(crb, &DeleteParams::default()).await.unwrap();

@@ -42,6 +42,27 @@ pub fn network_policy_name(policy: &str, rule: &str) -> String {
     format!("resurgo.remote.{policy}.{rule}")
 }
 
+/// The policy as the controller applies it, given the open Real incidents that name it
+/// (`locking`): in Lockdown while its own mode says so or any such incident is open. The API
+/// server refuses grants without expiry only when the policy's own mode is Lockdown; during
+/// a lockdown an incident imposes, such grants are not in force, and their names are
+/// returned so that the status can say so.
+pub fn effective(spec: &AccessPolicySpec, locking: &[String]) -> (AccessPolicySpec, Vec<String>) {
+    let mut spec = spec.clone();
+    if locking.is_empty() {
+        return (spec, Vec::new());
+    }
+    spec.mode = AccessMode::Lockdown;
+    let refused = spec
+        .grants
+        .iter()
+        .filter(|g| g.expires_at.is_none())
+        .map(|g| g.name.clone())
+        .collect();
+    spec.grants.retain(|g| g.expires_at.is_some());
+    (spec, refused)
+}
+
 /// Whether something that ends at `expires_at` is still in force at `now`: up to the second
 /// before, not at it.
 pub fn in_force(expires_at: Option<&Time>, now: Timestamp) -> bool {
@@ -336,6 +357,18 @@ mod tests {
             Some(at("2026-12-01T20:00:00Z"))
         );
         assert_eq!(next_expiry(&s, at("2026-12-01T20:00:00Z")), None);
+    }
+
+    #[test]
+    fn an_open_incident_locks_the_policy_down_and_grants_without_expiry_are_not_in_force() {
+        let s = example();
+        let (same, refused) = effective(&s, &[]);
+        assert_eq!((same, refused), (s.clone(), vec![]));
+        let (locked, refused) = effective(&s, &["ransomware".into()]);
+        assert_eq!(locked.mode, AccessMode::Lockdown);
+        assert_eq!(refused, ["staff"]);
+        let names: Vec<_> = locked.grants.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["tech", "old"]);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!    ClusterRoleBindings of its grants in force, and the NetworkPolicies of its
 //!    remote-access rules in force (server-side apply, field manager `resurgo`, labelled and
 //!    owned by the policy), and deletes those of expired or removed grants and rules;
-//! 2. in `Lockdown`, saves and then suspends every binding of a human subject (see
+//! 2. in `Lockdown` (its own, or while an open Real Incident names it), saves and then suspends every binding of a human subject (see
 //!    [`lockdown`]); in `Normal`, restores exactly what the policy's lockdown saved;
 //! 3. writes the status once and asks to run again at the next expiry, to the second. The
 //!    rest is driven by watches: the policies, all RoleBindings and ClusterRoleBindings (a
@@ -28,6 +28,7 @@
 //! | `networking.k8s.io` | `networkpolicies` | list, watch, create, patch, delete | remote-access rules |
 //! | `""` | `namespaces` | get, list, watch, create | grants wait for their namespace; the operator namespace is created if missing |
 //! | `""` | `secrets` (operator namespace only: a Role) | list, create, delete | saved bindings |
+//! | `resurgo.dev` | `incidents` | list, watch | an open Real incident naming the policy locks it down |
 //! | `events.k8s.io` | `events` | create, patch | Events on the policy |
 //!
 //! The operator must run as a ServiceAccount: lockdown never touches ServiceAccount subjects,
@@ -71,7 +72,10 @@ use tracing::{info, warn};
 
 use self::lockdown::{Binding, BindingKind, BindingRef, Step};
 use crate::{
-    api::access_policy::{AccessMode, AccessPolicy, AccessPolicySpec, AccessPolicyStatus},
+    api::{
+        access_policy::{AccessMode, AccessPolicy, AccessPolicySpec, AccessPolicyStatus},
+        incident::{Incident, IncidentMode, IncidentState},
+    },
     labels::{self, FIELD_MANAGER},
 };
 
@@ -161,6 +165,18 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
         )
         .watches(Api::<ClusterRole>::all(client.clone()), ours, policy_of)
         .watches(
+            Api::<Incident>::all(client.clone()),
+            watcher::Config::default(),
+            |incident| {
+                incident
+                    .spec
+                    .access_policies
+                    .iter()
+                    .map(|name| ObjectRef::new(name))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
             Api::<Namespace>::all(client),
             watcher::Config::default(),
             move |ns| naming(&for_ns, &ns.name_any()),
@@ -204,7 +220,10 @@ fn concerned(policies: &Store<AccessPolicy>, binding: &Binding) -> Vec<ObjectRef
     policies
         .state()
         .iter()
-        .filter(|p| p.spec.mode == AccessMode::Lockdown)
+        .filter(|p| {
+            p.spec.mode == AccessMode::Lockdown
+                || p.status.as_ref().and_then(|s| s.mode) == Some(AccessMode::Lockdown)
+        })
         .map(|p| ObjectRef::from_obj(p.as_ref()))
         .collect()
 }
@@ -253,6 +272,15 @@ async fn reconcile(policy: Arc<AccessPolicy>, ctx: Arc<Context>) -> Result<Actio
 async fn apply(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Error> {
     let now = Timestamp::now();
     let name = policy.name_any();
+    // An open Real incident that names the policy locks it down, whatever its own mode.
+    let locking = locking_incidents(ctx, &name).await?;
+    let (spec, refused) = desired::effective(&policy.spec, &locking);
+    let effective = AccessPolicy {
+        metadata: policy.metadata.clone(),
+        spec,
+        status: policy.status.clone(),
+    };
+    let policy = &effective;
     let owner = policy
         .controller_owner_ref(&())
         .expect("a policy from the API server has a uid");
@@ -319,7 +347,7 @@ async fn apply(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Error> {
     }
     let steps = [
         apply_roles(ctx, policy, &wanted.cluster_roles).await,
-        apply_grants(ctx, policy, &wanted, now).await,
+        apply_grants(ctx, policy, &wanted, now, &refused).await,
         apply_remote_access(ctx, policy, &wanted.network_policies).await,
     ];
     for result in steps {
@@ -336,7 +364,9 @@ async fn apply(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Error> {
         return Err(error);
     }
 
-    let status = status::compute(policy, &previous, &missing, suspended, now);
+    let status = status::compute(
+        policy, &previous, &missing, &locking, &refused, suspended, now,
+    );
     let stalled = |s: &AccessPolicyStatus| {
         s.conditions
             .iter()
@@ -348,7 +378,7 @@ async fn apply(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Error> {
             ctx,
             policy,
             EventType::Warning,
-            "NamespaceNotFound",
+            &status.conditions[1].reason.clone(),
             message,
             None,
         )
@@ -367,12 +397,31 @@ async fn apply(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Error> {
     })
 }
 
+/// The open Real incidents that name the policy.
+async fn locking_incidents(ctx: &Context, policy: &str) -> Result<Vec<String>, Error> {
+    let incidents = Api::<Incident>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_error("list", "Incidents"))?;
+    Ok(incidents
+        .items
+        .iter()
+        .filter(|i| locks(i) && i.spec.access_policies.iter().any(|p| p == policy))
+        .map(ResourceExt::name_any)
+        .collect())
+}
+
+/// Whether an incident holds the policies it names in Lockdown: a Real one, while open.
+fn locks(incident: &Incident) -> bool {
+    incident.spec.mode == IncidentMode::Real && incident.spec.state == IncidentState::Open
+}
+
 /// A deleted policy: its suspended bindings come back, and what it made goes.
 async fn cleanup(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Error> {
     lift(ctx, policy).await?;
     let empty = desired::Desired::default();
     apply_remote_access(ctx, policy, &empty.network_policies).await?;
-    apply_grants(ctx, policy, &empty, Timestamp::now()).await?;
+    apply_grants(ctx, policy, &empty, Timestamp::now(), &[]).await?;
     apply_roles(ctx, policy, &empty.cluster_roles).await?;
     info!(policy = %policy.name_any(), "policy deleted: its bindings are restored and its grants revoked");
     Ok(Action::await_change())
@@ -433,6 +482,7 @@ async fn apply_grants(
     policy: &AccessPolicy,
     wanted: &desired::Desired,
     now: Timestamp,
+    refused: &[String],
 ) -> Result<(), Error> {
     let name = policy.name_any();
     // The grants given and revoked, each with one of its bindings, which their Events name.
@@ -595,6 +645,9 @@ async fn apply_grants(
                     .unwrap_or_default()
             ),
             Some(_) => "its namespace is gone".to_owned(),
+            None if refused.contains(grant_name) => {
+                "it has no expiresAt and the policy is locked down".to_owned()
+            }
             None => "removed from the policy".to_owned(),
         };
         info!(policy = %name, grant = %grant_name, %why, "grant revoked");

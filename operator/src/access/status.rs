@@ -13,10 +13,16 @@ use crate::api::access_policy::{AccessMode, AccessPolicy, AccessPolicyStatus, Ac
 /// The status after a reconcile that applied everything it could. `missing` lists the
 /// namespaces that grants or remote-access rules name and that do not exist: their objects
 /// could not be made, so the policy is not Ready, and Stalled until the namespaces appear.
+///
+/// `policy` carries the effective spec (see [`desired::effective`]); `locking` names the
+/// open incidents that lock it down and `refused` the grants without expiry that such a
+/// lockdown keeps out of force: they stall the policy until they get an expiry.
 pub fn compute(
     policy: &AccessPolicy,
     previous: &AccessPolicyStatus,
     missing: &[String],
+    locking: &[String],
+    refused: &[String],
     suspended: u32,
     now: Timestamp,
 ) -> AccessPolicyStatus {
@@ -43,14 +49,38 @@ pub fn compute(
             },
         })
         .collect();
-    let (ready, stalled) = if missing.is_empty() {
+    let by = if locking.is_empty() {
+        String::new()
+    } else {
+        format!(" (by Incident {})", locking.join(", "))
+    };
+    let mut problems = Vec::new();
+    if !refused.is_empty() {
+        problems.push((
+            "GrantWithoutExpiry",
+            format!(
+                "grants {} have no expiresAt, which a lockdown requires{by}: they are not in force until they get one",
+                refused.join(", ")
+            ),
+        ));
+    }
+    if !missing.is_empty() {
+        problems.push((
+            "NamespaceNotFound",
+            format!(
+                "namespaces {} do not exist: the grants and remote-access rules there wait for them",
+                missing.join(", ")
+            ),
+        ));
+    }
+    let (ready, stalled) = if problems.is_empty() {
         let message = match spec.mode {
             AccessMode::Normal => format!(
                 "{} grants in force; no binding suspended",
                 active_grants.len()
             ),
             AccessMode::Lockdown => format!(
-                "locked down: {suspended} bindings suspended; {} grants in force",
+                "locked down{by}: {suspended} bindings suspended; {} grants in force",
                 active_grants.len()
             ),
         };
@@ -63,14 +93,13 @@ pub fn compute(
             (false, reason, "nothing blocks the policy".to_owned()),
         )
     } else {
-        let message = format!(
-            "namespaces {} do not exist: the grants and remote-access rules there wait for them",
-            missing.join(", ")
-        );
-        (
-            (false, "NamespaceNotFound", message.clone()),
-            (true, "NamespaceNotFound", message),
-        )
+        let reason = problems[0].0;
+        let message = problems
+            .iter()
+            .map(|(_, m)| m.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        ((false, reason, message.clone()), (true, reason, message))
     };
     AccessPolicyStatus {
         observed_generation: generation,
@@ -143,7 +172,15 @@ mod tests {
     #[test]
     fn a_locked_down_policy_reports_its_grants_and_suspended_bindings() {
         let now: Timestamp = "2026-11-01T00:00:00Z".parse().unwrap();
-        let status = compute(&policy(), &AccessPolicyStatus::default(), &[], 3, now);
+        let status = compute(
+            &policy(),
+            &AccessPolicyStatus::default(),
+            &[],
+            &[],
+            &[],
+            3,
+            now,
+        );
         assert_eq!(status.mode, Some(AccessMode::Lockdown));
         assert_eq!(status.observed_generation, Some(4));
         assert_eq!(status.active_grant_count, 1);
@@ -166,11 +203,38 @@ mod tests {
 
         // A later reconcile keeps the transition time of a condition that did not change.
         let later = now + std::time::Duration::from_secs(60);
-        let again = compute(&policy(), &status, &[], 3, later);
+        let again = compute(&policy(), &status, &[], &[], &[], 3, later);
         assert_eq!(
             again.conditions[0].last_transition_time,
             ready.last_transition_time
         );
+    }
+
+    #[test]
+    fn a_grant_without_expiry_under_an_incident_lockdown_stalls_the_policy() {
+        let now: Timestamp = "2026-11-01T00:00:00Z".parse().unwrap();
+        let status = compute(
+            &policy(),
+            &AccessPolicyStatus::default(),
+            &[],
+            &["ransomware".into()],
+            &["on-call".into()],
+            2,
+            now,
+        );
+        assert_eq!(status.mode, Some(AccessMode::Lockdown));
+        let stalled = &status.conditions[1];
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", "GrantWithoutExpiry")
+        );
+        assert!(stalled.message.contains("on-call"), "{}", stalled.message);
+        assert!(
+            stalled.message.contains("Incident ransomware"),
+            "{}",
+            stalled.message
+        );
+        assert_eq!(status.conditions[0].status, "False");
     }
 
     #[test]
@@ -180,6 +244,8 @@ mod tests {
             &policy(),
             &AccessPolicyStatus::default(),
             &["radiology".into()],
+            &[],
+            &[],
             0,
             now,
         );
