@@ -255,17 +255,26 @@ fn error_policy(policy: Arc<AccessPolicy>, error: &Error, _: Arc<Context>) -> Ac
 async fn reconcile(policy: Arc<AccessPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api = Api::<AccessPolicy>::all(ctx.client.clone());
     let name = policy.name_any();
-    finalizer(&api, FINALIZER, policy, |event| async {
+    let result = finalizer(&api, FINALIZER, policy, |event| async {
         match event {
             finalizer::Event::Apply(policy) => apply(&policy, &ctx).await,
             finalizer::Event::Cleanup(policy) => cleanup(&policy, &ctx).await,
         }
     })
-    .await
-    .map_err(|source| Error::Finalizer {
-        policy: name,
-        source: Box::new(source),
-    })
+    .await;
+    match result {
+        Ok(action) => Ok(action),
+        // Cleaned up already: a second clean-up raced the first and found the policy gone.
+        Err(finalizer::Error::RemoveFinalizer(kube::Error::Api(status)))
+            if status.is_not_found() =>
+        {
+            Ok(Action::await_change())
+        }
+        Err(source) => Err(Error::Finalizer {
+            policy: name,
+            source: Box::new(source),
+        }),
+    }
 }
 
 /// Brings the cluster to what the policy says now.
