@@ -22,3 +22,12 @@ pub const INCIDENT: &str = "resurgo.dev/incident";
 
 /// The plan a drill's copy was made from.
 pub const SOURCE_PLAN: &str = "resurgo.dev/source-plan";
+
+/// The label key whose value is [`MANAGED_BY`].
+pub const MANAGED_BY_KEY: &str = "app.kubernetes.io/managed-by";
+
+/// The AccessPolicy an object was created or saved for.
+pub const ACCESS_POLICY: &str = "resurgo.dev/access-policy";
+
+/// The grant of that policy a binding carries.
+pub const GRANT: &str = "resurgo.dev/grant";

@@ -8,6 +8,7 @@
 // `#[kube(...)]` as duplicated attributes; they are separate columns.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod access;
 pub mod api;
 pub mod backup;
 pub mod conditions;

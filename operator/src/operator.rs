@@ -46,6 +46,7 @@ pub fn run(log_format: LogFormat) -> Result<(), StartError> {
             tokio::join!(
                 crate::recovery::run(client.clone(), shutdown.clone()),
                 crate::backup::run(client.clone(), shutdown.clone()),
+                crate::access::run(client.clone(), shutdown.clone()),
                 crate::incident::run(client, shutdown),
             );
             tracing::info!("resurgo operator stopped");

@@ -670,6 +670,12 @@ fn invalid_cases() -> Vec<Case> {
                 "remote access kept during a lockdown must have expiresAt",
             ],
         ),
+        case(
+            "a policy name longer than a label value",
+            "AccessPolicy",
+            vec![("/metadata/name", json!("a".repeat(64)))],
+            &["an AccessPolicy name has at most 63 characters"],
+        ),
         // Incident
         case(
             "an incident that names nothing to do",

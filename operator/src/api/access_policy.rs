@@ -42,7 +42,11 @@ use super::common::DNS_LABEL;
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    // The name is the value of the `resurgo.dev/access-policy` label on everything the
+    // policy makes and saves, and label values have at most 63 characters.
+    validation = Rule::new("self.metadata.name.size() <= 63")
+        .message("an AccessPolicy name has at most 63 characters: it labels every binding the policy makes")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.mode != 'Lockdown' || !has(self.grants) || self.grants.all(g, has(g.expiresAt))")
@@ -56,31 +60,41 @@ pub struct AccessPolicySpec {
     /// `Normal`, or `Lockdown`: every RoleBinding and ClusterRoleBinding of a human subject
     /// (User or Group, other than system: ones and break-glass subjects) is suspended,
     /// including bindings the operator did not create, and only grants with an expiry and
-    /// break-glass subjects keep access.
+    /// break-glass subjects keep access. ServiceAccount subjects are never suspended. A
+    /// binding is saved (a Secret in the operator's namespace) before it is deleted, or
+    /// before its human subjects are removed when it also binds ServiceAccounts; returning
+    /// to `Normal` restores each one exactly (subjects, roleRef, labels, annotations).
     #[serde(default)]
     pub mode: AccessMode,
 
     /// Roles defined by this policy, for grants that need less than the built-in
-    /// ClusterRoles. Each becomes a ClusterRole owned by the policy.
+    /// ClusterRoles. Each becomes a ClusterRole `resurgo.role.POLICY.ROLE` owned by the policy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub roles: Vec<PolicyRole>,
 
-    /// Access given to a subject, on some namespaces or cluster-wide, until an expiry.
+    /// Access given to a subject, on some namespaces or cluster-wide, until an expiry. A
+    /// lockdown leaves grants in place (in Lockdown every grant must have an expiry).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub grants: Vec<Grant>,
 
     /// Subjects whose bindings a lockdown never suspends: the emergency services' accounts
-    /// and the people who must be able to act during an incident.
+    /// and the people who must be able to act during an incident. Users and Groups match by
+    /// kind and name. A subject added during a lockdown gets back at once every suspended
+    /// binding whose human subjects are then all break-glass. ServiceAccounts keep their
+    /// access in a lockdown anyway; listing them
+    /// documents that they must. Break-glass is about RBAC only: network access from
+    /// outside the cluster is what remoteAccess says.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub break_glass: Vec<Subject>,
 
     /// Network sources allowed to reach namespaces from outside the cluster, rendered as
-    /// NetworkPolicies.
+    /// NetworkPolicies. In Lockdown only the rules with allowDuringLockdown stay; the others
+    /// are removed and come back with Normal.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
@@ -126,8 +140,9 @@ pub struct Grant {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub policy_role: Option<String>,
-    /// The namespaces the role applies in (a RoleBinding in each). Empty: cluster-wide
-    /// (one ClusterRoleBinding).
+    /// The namespaces the role applies in (a RoleBinding `resurgo.grant.POLICY.GRANT` in
+    /// each, owned by the policy). Empty: cluster-wide (one ClusterRoleBinding of that name).
+    /// A namespace that does not exist yet stalls the policy until it is created.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "set"))]
     #[schemars(inner(length(min = 1, max = 63), regex(pattern = DNS_LABEL)))]
@@ -167,7 +182,12 @@ pub enum SubjectKind {
     ServiceAccount,
 }
 
-/// Remote access to namespaces from given network sources.
+/// Remote access to namespaces from given network sources. Each rule becomes, in each of
+/// its namespaces, a NetworkPolicy `resurgo.remote.POLICY.RULE` owned by the policy, that
+/// selects every pod and allows ingress from sourceCIDRs on the ports. NetworkPolicies only
+/// allow: pair the namespaces with a default-deny policy (RecoveryPlan namespaces have one),
+/// so that from outside the cluster only these sources get in. In Lockdown only the rules
+/// with allowDuringLockdown remain, until their expiresAt.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!self.allowDuringLockdown || has(self.expiresAt)")
@@ -194,10 +214,10 @@ pub struct RemoteAccess {
     #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "set"))]
     pub ports: Vec<u16>,
     /// Keep this rule while the policy is in Lockdown (a case-by-case remote access, on
-    /// request). Requires expiresAt.
+    /// request). Requires expiresAt. Rules without it are removed during a lockdown.
     #[serde(default)]
     pub allow_during_lockdown: bool,
-    /// When the rule ends.
+    /// When the rule ends; the operator removes its NetworkPolicies at this second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,
     /// Why remote access is allowed.

@@ -1,0 +1,1298 @@
+//! Access policies on the real control plane, with RBAC enforced and the operator that
+//! tests/run.sh runs. Access is asserted the way the API server decides it
+//! (`kubectl auth can-i --as`), and expiry from a watch of the bindings, never from the
+//! operator's logs.
+//!
+//! A lockdown suspends human bindings cluster-wide, so only one test here locks down, and it
+//! uses its own users and groups. The tests' admin is in `system:masters`, which a lockdown
+//! never touches, and the other tests' grants are left alone (grants are not suspended).
+
+use std::{collections::BTreeMap, future::Future, time::Duration};
+
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use k8s_openapi::{
+    api::{
+        core::v1::{Namespace, Secret, ServiceAccount},
+        events::v1::Event,
+        networking::v1::NetworkPolicy,
+        rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding, RoleRef, Subject},
+    },
+    jiff::{SignedDuration, Timestamp},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    runtime::{wait::await_condition, watcher},
+};
+use resurgo::{
+    access::{
+        lockdown::{Binding, BindingKind, BindingRef},
+        operator_namespace, saved,
+    },
+    api::{AccessPolicy, Incident, access_policy::AccessMode},
+};
+use resurgo_tests::{client, install_crds, kubectl, unique_name};
+use serde_json::{Value, json};
+
+const RBAC: &str = "rbac.authorization.k8s.io";
+
+/// Whether the API server lets `user` (in `groups`) do `verb` on `resource`, in `namespace`
+/// or cluster-wide.
+fn can_i(user: &str, groups: &[&str], verb: &str, resource: &str, namespace: Option<&str>) -> bool {
+    let mut args = vec!["auth", "can-i", verb, resource];
+    let as_user = format!("--as={user}");
+    args.push(&as_user);
+    let as_groups: Vec<String> = groups.iter().map(|g| format!("--as-group={g}")).collect();
+    args.extend(as_groups.iter().map(String::as_str));
+    let ns;
+    match namespace {
+        Some(namespace) => {
+            ns = format!("--namespace={namespace}");
+            args.push(&ns);
+        }
+        None => args.push("--all-namespaces"),
+    }
+    let output = kubectl(&args, None);
+    let answer = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    assert!(
+        answer == "yes" || answer == "no",
+        "kubectl {}: {answer} {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    answer == "yes"
+}
+
+/// Waits until `check` holds, checking every 100 ms, for at most `timeout`.
+async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not true after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn access(user: &str, groups: &[&str], verb: &str, resource: &str, ns: Option<&str>) -> bool {
+    let (user, groups, verb, resource, ns) = (
+        user.to_owned(),
+        groups.iter().map(|g| g.to_string()).collect::<Vec<_>>(),
+        verb.to_owned(),
+        resource.to_owned(),
+        ns.map(str::to_owned),
+    );
+    tokio::task::spawn_blocking(move || {
+        let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+        can_i(&user, &groups, &verb, &resource, ns.as_deref())
+    })
+    .await
+    .unwrap()
+}
+
+async fn namespace(client: &Client, prefix: &str) -> String {
+    let name = unique_name(prefix);
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    name
+}
+
+fn policy(name: &str, spec: Value) -> AccessPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "resurgo.dev/v1alpha1", "kind": "AccessPolicy",
+        "metadata": {"name": name}, "spec": spec
+    }))
+    .unwrap()
+}
+
+/// Waits until the policy's status describes its current generation and says Ready, and
+/// returns it.
+async fn ready(policies: &Api<AccessPolicy>, name: &str) -> AccessPolicy {
+    let wait = await_condition(policies.clone(), name, |p: Option<&AccessPolicy>| {
+        p.is_some_and(|p| {
+            let status = p.status.clone().unwrap_or_default();
+            status.observed_generation == p.metadata.generation
+                && status.mode == Some(p.spec.mode)
+                && status.conditions.iter().any(|c| {
+                    c.type_ == "Ready"
+                        && c.status == "True"
+                        && c.observed_generation == p.metadata.generation
+                })
+        })
+    });
+    match tokio::time::timeout(Duration::from_secs(30), wait).await {
+        Ok(Ok(Some(policy))) => policy,
+        other => {
+            let now = policies.get(name).await.unwrap();
+            panic!(
+                "accesspolicy/{name} did not become Ready: {other:?}\n{}",
+                serde_json::to_string_pretty(&now.status).unwrap()
+            )
+        }
+    }
+}
+
+async fn set_mode(policies: &Api<AccessPolicy>, name: &str, mode: &str) -> AccessPolicy {
+    policies
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"mode": mode}})),
+        )
+        .await
+        .unwrap();
+    ready(policies, name).await
+}
+
+/// Waits until the policy is gone (its finalizer has run).
+async fn deleted(policies: &Api<AccessPolicy>, name: &str) {
+    let Ok(Some(policy)) = policies.get_opt(name).await else {
+        return;
+    };
+    let _ = policies.delete(name, &DeleteParams::default()).await;
+    let uid = policy.uid().unwrap();
+    let gone = await_condition(
+        policies.clone(),
+        name,
+        kube::runtime::wait::conditions::is_deleted(&uid),
+    );
+    tokio::time::timeout(Duration::from_secs(30), gone)
+        .await
+        .expect("the policy's finalizer ran within 30 s")
+        .unwrap();
+}
+
+/// The reasons and notes of the Events about a policy.
+async fn events(client: &Client, policy: &str) -> Vec<(String, String)> {
+    Api::<Event>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(policy)
+                && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("AccessPolicy")
+        })
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+async fn has_event(client: &Client, policy: &str, reason: &str, note_contains: &str) {
+    eventually(
+        &format!("an Event {reason} about {note_contains} on {policy}"),
+        Duration::from_secs(10),
+        || async {
+            events(client, policy)
+                .await
+                .iter()
+                .any(|(r, n)| r == reason && n.contains(note_contains))
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn an_expired_grant_loses_access_within_a_second() {
+    install_crds().await;
+    let client = client().await;
+    let ns = namespace(&client, "grant").await;
+    let technician = unique_name("technician");
+    let staff = unique_name("staff");
+    let name = unique_name("grants");
+    let policies: Api<AccessPolicy> = Api::all(client.clone());
+
+    // Every change to the namespace's RoleBindings, stamped when the watch delivers it.
+    let (sender, mut deletions) = tokio::sync::mpsc::unbounded_channel();
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
+    tokio::spawn(async move {
+        let mut stream = watcher(bindings, watcher::Config::default()).boxed();
+        while let Ok(Some(event)) = stream.try_next().await {
+            if let watcher::Event::Delete(rb) = event
+                && sender.send((rb.name_any(), Timestamp::now())).is_err()
+            {
+                return;
+            }
+        }
+    });
+
+    // Whole seconds: expiresAt is written to the second.
+    let expiry = Timestamp::from_second(Timestamp::now().as_second() + 10).unwrap();
+    let spec = json!({
+        "roles": [{"name": "pod-reader", "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]}],
+        "grants": [
+            {"name": "remote-technician", "subject": {"kind": "User", "name": technician},
+             "clusterRole": "edit", "namespaces": [ns], "expiresAt": expiry.to_string(),
+             "reason": "vendor session, ticket SEC-1"},
+            {"name": "staff", "subject": {"kind": "Group", "name": staff},
+             "policyRole": "pod-reader", "reason": "clinical IT"}
+        ],
+        "remoteAccess": [{"name": "wan", "namespaces": [ns], "sourceCIDRs": ["10.12.0.0/16"], "ports": [8443]}]
+    });
+    policies
+        .create(&PostParams::default(), &policy(&name, spec))
+        .await
+        .unwrap();
+    let applied = ready(&policies, &name).await;
+
+    // The grants are in force and the status says until when.
+    let status = applied.status.unwrap();
+    assert_eq!(status.active_grant_count, 2);
+    assert_eq!(status.next_expiry.map(|t| t.0), Some(expiry));
+    let binding_name = format!("resurgo.grant.{name}.remote-technician");
+    let technician_grant = status
+        .active_grants
+        .iter()
+        .find(|g| g.name == "remote-technician")
+        .unwrap();
+    assert_eq!(
+        technician_grant.bindings,
+        [format!("RoleBinding/{ns}/{binding_name}")]
+    );
+    assert!(access(&technician, &[], "create", "deployments", Some(&ns)).await);
+    assert!(!access(&technician, &[], "create", "deployments", Some("default")).await);
+    assert!(access("someone", &[&staff], "list", "pods", None).await);
+    assert!(!access("someone", &[&staff], "delete", "pods", None).await);
+
+    // The operator owns what it made, under its field manager.
+    let rb = Api::<RoleBinding>::namespaced(client.clone(), &ns)
+        .get(&binding_name)
+        .await
+        .unwrap();
+    let owner = &rb.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("AccessPolicy", name.as_str())
+    );
+    assert_eq!(rb.labels()["resurgo.dev/access-policy"], name);
+    assert!(
+        rb.managed_fields()
+            .iter()
+            .any(|m| m.manager.as_deref() == Some("resurgo")),
+        "{:?}",
+        rb.managed_fields()
+    );
+    let np = Api::<NetworkPolicy>::namespaced(client.clone(), &ns)
+        .get(&format!("resurgo.remote.{name}.wan"))
+        .await
+        .unwrap();
+    let from = np.spec.unwrap().ingress.unwrap()[0].from.clone().unwrap();
+    assert_eq!(from[0].ip_block.as_ref().unwrap().cidr, "10.12.0.0/16");
+    has_event(&client, &name, "GrantApplied", "remote-technician").await;
+
+    // The binding goes at the expiry second, not before, and within a second after it.
+    let (deleted_name, deleted_at) = loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), deletions.recv())
+            .await
+            .expect("the grant's binding was deleted within 30 s")
+            .unwrap();
+        if event.0 == binding_name {
+            break event;
+        }
+    };
+    assert_eq!(deleted_name, binding_name);
+    eprintln!(
+        "the grant's binding was deleted {} after its expiry",
+        deleted_at.duration_since(expiry)
+    );
+    assert!(
+        deleted_at >= expiry,
+        "deleted at {deleted_at}, before {expiry}"
+    );
+    assert!(
+        deleted_at.duration_since(expiry) <= SignedDuration::from_secs(1),
+        "deleted at {deleted_at}, more than a second after {expiry}"
+    );
+    eventually(
+        "the technician has lost access",
+        Duration::from_secs(2),
+        || {
+            let technician = technician.clone();
+            let ns = ns.clone();
+            async move { !access(&technician, &[], "create", "deployments", Some(&ns)).await }
+        },
+    )
+    .await;
+    assert!(
+        access("someone", &[&staff], "list", "pods", None).await,
+        "the other grant stays"
+    );
+    has_event(&client, &name, "GrantRevoked", "remote-technician: expired").await;
+    let after = ready(&policies, &name).await.status.unwrap();
+    assert_eq!(after.active_grant_count, 1);
+    assert_eq!(after.next_expiry, None);
+
+    // Deleting the policy takes its grants, roles and network policies away.
+    deleted(&policies, &name).await;
+    let crb = format!("resurgo.grant.{name}.staff");
+    assert!(
+        Api::<ClusterRoleBinding>::all(client.clone())
+            .get_opt(&crb)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        Api::<ClusterRole>::all(client.clone())
+            .get_opt(&format!("resurgo.role.{name}.pod-reader"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        Api::<NetworkPolicy>::namespaced(client.clone(), &ns)
+            .get_opt(&format!("resurgo.remote.{name}.wan"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(!access("someone", &[&staff], "list", "pods", None).await);
+    Api::<Namespace>::all(client)
+        .delete(&ns, &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+fn subject(kind: &str, name: &str) -> Subject {
+    Subject {
+        api_group: Some(RBAC.into()),
+        kind: kind.into(),
+        name: name.into(),
+        namespace: None,
+    }
+}
+
+fn view() -> RoleRef {
+    RoleRef {
+        api_group: RBAC.into(),
+        kind: "ClusterRole".into(),
+        name: "view".into(),
+    }
+}
+
+fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: namespace.map(Into::into),
+        labels: Some(BTreeMap::from([("team".into(), format!("{name}-team"))])),
+        annotations: Some(BTreeMap::from([
+            ("ticket".into(), format!("IT-{name}")),
+            ("note".into(), "made by hand by the admin".into()),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// The parts of a binding a restore must give back byte for byte.
+fn essence(binding: &Binding) -> Value {
+    json!({
+        "subjects": binding.subjects, "roleRef": binding.role_ref,
+        "labels": binding.labels, "annotations": binding.annotations,
+    })
+}
+
+async fn role_binding(client: &Client, ns: &str, name: &str) -> Option<Binding> {
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()
+        .map(|rb| saved::from_role_binding(&rb))
+}
+
+async fn cluster_role_binding(client: &Client, name: &str) -> Option<Binding> {
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .get_opt(name)
+        .await
+        .unwrap()
+        .map(|crb| saved::from_cluster_role_binding(&crb))
+}
+
+/// The remote-access rules rendered in a namespace, by rule name.
+async fn remote_rules(client: &Client, ns: &str) -> Vec<String> {
+    let mut rules: Vec<String> = Api::<NetworkPolicy>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels("resurgo.dev/part=remote-access"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|np| np.name_any().rsplit('.').next().unwrap().to_owned())
+        .collect();
+    rules.sort();
+    rules
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn a_grant_waits_for_its_namespace_and_the_policy_says_so() {
+    install_crds().await;
+    let client = client().await;
+    let policies: Api<AccessPolicy> = Api::all(client.clone());
+    let name = unique_name("waiting");
+    let ns = unique_name("not-yet");
+    let user = unique_name("pharmacist");
+    policies
+        .create(
+            &PostParams::default(),
+            &policy(
+                &name,
+                json!({"grants": [{"name": "pharmacy", "subject": {"kind": "User", "name": user},
+                                   "clusterRole": "view", "namespaces": [ns], "reason": "pharmacy staff"}]}),
+            ),
+        )
+        .await
+        .unwrap();
+    let stalled = await_condition(policies.clone(), &name, |p: Option<&AccessPolicy>| {
+        p.and_then(|p| p.status.as_ref()).is_some_and(|s| {
+            s.conditions.iter().any(|c| {
+                c.type_ == "Stalled" && c.status == "True" && c.reason == "NamespaceNotFound"
+            })
+        })
+    });
+    let policy = tokio::time::timeout(Duration::from_secs(30), stalled)
+        .await
+        .expect("Stalled within 30 s")
+        .unwrap()
+        .unwrap();
+    let status = policy.status.unwrap();
+    let ready_condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready_condition.status, "False");
+    assert!(
+        ready_condition.message.contains(&ns),
+        "{}",
+        ready_condition.message
+    );
+    assert_eq!(
+        ready_condition.observed_generation,
+        policy.metadata.generation
+    );
+    has_event(&client, &name, "NamespaceNotFound", &ns).await;
+
+    // The namespace appears: the Namespace watch brings the policy back, no polling.
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(ns.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let applied = ready(&policies, &name).await;
+    let stalled = applied.status.unwrap().conditions;
+    assert!(
+        stalled
+            .iter()
+            .any(|c| c.type_ == "Stalled" && c.status == "False")
+    );
+    eventually(
+        "the pharmacist has access",
+        Duration::from_secs(2),
+        || async { access(&user, &[], "list", "pods", Some(&ns)).await },
+    )
+    .await;
+    deleted(&policies, &name).await;
+    Api::<Namespace>::all(client)
+        .delete(&ns, &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+/// One test covers every lockdown step, so no two lockdowns overlap; whatever happens, the
+/// policy is deleted at the end, which restores what it suspended.
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn lockdown_suspends_every_human_binding_and_normal_restores_them_exactly() {
+    install_crds().await;
+    let client = client().await;
+    let policies: Api<AccessPolicy> = Api::all(client.clone());
+    let name = unique_name("lockdown");
+    let ns = namespace(&client, "lockdown").await;
+    let incident = unique_name("ransomware");
+    let outcome =
+        std::panic::AssertUnwindSafe(lockdown_story(&client, &policies, &name, &ns, &incident))
+            .catch_unwind()
+            .await;
+    let _ = Api::<Incident>::all(client.clone())
+        .delete(&incident, &DeleteParams::default())
+        .await;
+    deleted(&policies, &name).await;
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(&ns, &DeleteParams::default())
+        .await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn lockdown_story(
+    client: &Client,
+    policies: &Api<AccessPolicy>,
+    name: &str,
+    ns: &str,
+    incident: &str,
+) {
+    let nurse = unique_name("nurse");
+    let clinical = unique_name("clinical-it");
+    let contractor = unique_name("contractor");
+    let officer = unique_name("duty-officer");
+    let technician = unique_name("technician");
+    let late = unique_name("late-user");
+    let control_plane = format!("system:{}", unique_name("component"));
+    let account = format!("system:serviceaccount:{ns}:dispatch");
+    let rbs: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    let crbs: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let post = PostParams::default();
+
+    Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create(
+            &post,
+            &ServiceAccount {
+                metadata: ObjectMeta {
+                    name: Some("dispatch".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    // Bindings the admin made by hand: the operator never made them.
+    let clinical_crb = unique_name("clinical-view");
+    let made = [
+        ("by-hand", vec![subject("User", &nurse)]),
+        (
+            "mixed",
+            vec![
+                subject("User", &contractor),
+                Subject {
+                    api_group: Some(String::new()),
+                    kind: "ServiceAccount".into(),
+                    name: "dispatch".into(),
+                    namespace: Some(ns.into()),
+                },
+            ],
+        ),
+        ("officers", vec![subject("User", &officer)]),
+        ("control-plane", vec![subject("User", &control_plane)]),
+    ];
+    for (rb_name, subjects) in made {
+        rbs.create(
+            &post,
+            &RoleBinding {
+                metadata: meta(rb_name, Some(ns)),
+                role_ref: view(),
+                subjects: Some(subjects),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    crbs.create(
+        &post,
+        &ClusterRoleBinding {
+            metadata: meta(&clinical_crb, None),
+            role_ref: view(),
+            subjects: Some(vec![subject("Group", &clinical)]),
+        },
+    )
+    .await
+    .unwrap();
+    let mut originals = BTreeMap::new();
+    for rb_name in ["by-hand", "mixed", "officers", "control-plane"] {
+        originals.insert(
+            rb_name.to_owned(),
+            role_binding(client, ns, rb_name).await.unwrap(),
+        );
+    }
+    let crb_original = cluster_role_binding(client, &clinical_crb).await.unwrap();
+
+    let expiry = Timestamp::from_second(Timestamp::now().as_second() + 3600).unwrap();
+    policies
+        .create(
+            &post,
+            &policy(
+                name,
+                json!({
+                    "mode": "Normal",
+                    "breakGlass": [{"kind": "User", "name": officer}],
+                    "grants": [{"name": "technician", "subject": {"kind": "User", "name": technician},
+                                "clusterRole": "view", "namespaces": [ns], "expiresAt": expiry.to_string(),
+                                "reason": "remote session on request"}],
+                    "remoteAccess": [
+                        {"name": "wan", "namespaces": [ns], "sourceCIDRs": ["10.12.0.0/16"]},
+                        {"name": "vendor", "namespaces": [ns], "sourceCIDRs": ["203.0.113.24/32"], "ports": [8443],
+                         "allowDuringLockdown": true, "expiresAt": expiry.to_string(), "reason": "ticket SEC-2"}
+                    ]
+                }),
+            ),
+        )
+        .await
+        .unwrap();
+    ready(policies, name).await;
+    assert_eq!(remote_rules(client, ns).await, ["vendor", "wan"]);
+    for (user, groups) in [
+        (nurse.as_str(), vec![]),
+        ("anyone", vec![clinical.as_str()]),
+        (contractor.as_str(), vec![]),
+        (officer.as_str(), vec![]),
+        (technician.as_str(), vec![]),
+        (control_plane.as_str(), vec![]),
+        (account.as_str(), vec![]),
+    ] {
+        assert!(
+            access(user, &groups, "list", "pods", Some(ns)).await,
+            "{user} {groups:?} has access before the lockdown"
+        );
+    }
+
+    // Lockdown.
+    let locked = set_mode(policies, name, "Lockdown").await;
+    let status = locked.status.unwrap();
+    assert_eq!(status.mode, Some(AccessMode::Lockdown));
+    assert_eq!(status.suspended_bindings, 3, "{status:?}");
+    assert_eq!(
+        remote_rules(client, ns).await,
+        ["vendor"],
+        "only remote access allowed during the lockdown stays"
+    );
+    assert!(role_binding(client, ns, "by-hand").await.is_none());
+    assert!(cluster_role_binding(client, &clinical_crb).await.is_none());
+    let mixed = role_binding(client, ns, "mixed").await.unwrap();
+    assert_eq!(mixed.subjects.len(), 1);
+    assert_eq!(mixed.subjects[0].kind, "ServiceAccount");
+    assert_eq!(
+        role_binding(client, ns, "officers").await.as_ref(),
+        Some(&originals["officers"])
+    );
+    assert_eq!(
+        role_binding(client, ns, "control-plane").await.as_ref(),
+        Some(&originals["control-plane"])
+    );
+    for (user, groups, allowed) in [
+        (nurse.as_str(), vec![], false),
+        ("anyone", vec![clinical.as_str()], false),
+        (contractor.as_str(), vec![], false),
+        (officer.as_str(), vec![], true),
+        (technician.as_str(), vec![], true),
+        (control_plane.as_str(), vec![], true),
+        (account.as_str(), vec![], true),
+    ] {
+        eventually(
+            &format!("{user} {groups:?} access is {allowed} in lockdown"),
+            Duration::from_secs(2),
+            || {
+                let groups = groups.clone();
+                async move { access(user, &groups, "list", "pods", Some(ns)).await == allowed }
+            },
+        )
+        .await;
+    }
+    has_event(
+        client,
+        name,
+        "BindingSuspended",
+        &format!("RoleBinding/{ns}/by-hand"),
+    )
+    .await;
+    has_event(
+        client,
+        name,
+        "BindingSuspended",
+        &format!("ClusterRoleBinding/{clinical_crb}"),
+    )
+    .await;
+    has_event(client, name, "LockdownStarted", "suspending").await;
+
+    // A human binding made during the lockdown is suspended at once.
+    rbs.create(
+        &post,
+        &RoleBinding {
+            metadata: meta("late", Some(ns)),
+            role_ref: view(),
+            subjects: Some(vec![subject("User", &late)]),
+        },
+    )
+    .await
+    .unwrap();
+    let late_original = {
+        // What the API server stored, defaults included, is what must come back.
+        let mut b = saved::from_role_binding(&RoleBinding {
+            metadata: meta("late", Some(ns)),
+            role_ref: view(),
+            subjects: Some(vec![subject("User", &late)]),
+        });
+        b.binding.namespace = Some(ns.into());
+        b
+    };
+    eventually(
+        "the late binding is suspended",
+        Duration::from_secs(5),
+        || async { role_binding(client, ns, "late").await.is_none() },
+    )
+    .await;
+
+    // Crash points, made by hand as a killed operator would leave them: one binding saved
+    // but not yet deleted, one deleted after being saved. The operator converges.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &operator_namespace());
+    let saved_not_deleted = Binding {
+        binding: BindingRef {
+            kind: BindingKind::RoleBinding,
+            namespace: Some(ns.into()),
+            name: "crash-saved".into(),
+        },
+        labels: BTreeMap::from([("team".into(), "radiology".into())]),
+        annotations: BTreeMap::from([("ticket".into(), "IT-9".into())]),
+        owner_references: Vec::new(),
+        subjects: vec![subject("User", &unique_name("radiologist"))],
+        role_ref: view(),
+    };
+    let deleted_after_save = Binding {
+        binding: BindingRef {
+            kind: BindingKind::ClusterRoleBinding,
+            namespace: None,
+            name: unique_name("crash-deleted"),
+        },
+        labels: BTreeMap::from([("team".into(), "lab".into())]),
+        annotations: BTreeMap::new(),
+        owner_references: Vec::new(),
+        subjects: vec![subject("Group", &unique_name("lab-staff"))],
+        role_ref: view(),
+    };
+    for binding in [&saved_not_deleted, &deleted_after_save] {
+        secrets
+            .create(
+                &post,
+                &saved::to_secret(binding, name, &operator_namespace()),
+            )
+            .await
+            .unwrap();
+    }
+    rbs.create(&post, &saved::to_role_binding(&saved_not_deleted))
+        .await
+        .unwrap();
+    eventually(
+        "the saved-but-not-deleted binding is deleted",
+        Duration::from_secs(5),
+        || async { role_binding(client, ns, "crash-saved").await.is_none() },
+    )
+    .await;
+    // Touch the policy as a restarted operator would reconcile it, and see the count.
+    policies
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"resurgo.test/touch": "1"}}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the status counts six suspended bindings",
+        Duration::from_secs(5),
+        || async {
+            policies
+                .get(name)
+                .await
+                .unwrap()
+                .status
+                .unwrap_or_default()
+                .suspended_bindings
+                == 6
+        },
+    )
+    .await;
+
+    // A subject made break-glass during the lockdown gets its binding back at once.
+    let released = policies
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"breakGlass": [
+                {"kind": "User", "name": officer}, {"kind": "User", "name": nurse}
+            ]}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(released.spec.mode, AccessMode::Lockdown);
+    let status = ready(policies, name).await.status.unwrap();
+    assert_eq!(status.suspended_bindings, 5, "{status:?}");
+    assert_eq!(
+        essence(&role_binding(client, ns, "by-hand").await.unwrap()),
+        essence(&originals["by-hand"])
+    );
+    eventually(
+        "the nurse, now break-glass, has access",
+        Duration::from_secs(2),
+        || async { access(&nurse, &[], "list", "pods", Some(ns)).await },
+    )
+    .await;
+
+    // Back to Normal: every binding returns exactly as it was.
+    let normal = set_mode(policies, name, "Normal").await;
+    assert_eq!(normal.status.unwrap().suspended_bindings, 0);
+    assert_eq!(remote_rules(client, ns).await, ["vendor", "wan"]);
+    for (rb_name, original) in &originals {
+        let now = role_binding(client, ns, rb_name).await.unwrap();
+        assert_eq!(essence(&now), essence(original), "{rb_name}");
+    }
+    let crb_now = cluster_role_binding(client, &clinical_crb).await.unwrap();
+    assert_eq!(essence(&crb_now), essence(&crb_original));
+    assert_eq!(
+        essence(&role_binding(client, ns, "late").await.unwrap()),
+        essence(&late_original)
+    );
+    assert_eq!(
+        essence(&role_binding(client, ns, "crash-saved").await.unwrap()),
+        essence(&saved_not_deleted)
+    );
+    assert_eq!(
+        essence(
+            &cluster_role_binding(client, &deleted_after_save.binding.name)
+                .await
+                .unwrap()
+        ),
+        essence(&deleted_after_save)
+    );
+    let left = secrets
+        .list(&ListParams::default().labels(&format!("resurgo.dev/access-policy={name}")))
+        .await
+        .unwrap();
+    assert!(left.items.is_empty(), "saves left: {:?}", left.items.len());
+    for (user, groups) in [
+        (nurse.as_str(), vec![]),
+        ("anyone", vec![clinical.as_str()]),
+        (contractor.as_str(), vec![]),
+        (late.as_str(), vec![]),
+    ] {
+        eventually(
+            &format!("{user} {groups:?} has access again"),
+            Duration::from_secs(2),
+            || {
+                let groups = groups.clone();
+                async move { access(user, &groups, "list", "pods", Some(ns)).await }
+            },
+        )
+        .await;
+    }
+    has_event(
+        client,
+        name,
+        "BindingRestored",
+        &format!("RoleBinding/{ns}/by-hand"),
+    )
+    .await;
+
+    // The crash point of a restore: the binding is back but its save is not yet forgotten.
+    // The operator forgets the save and leaves the binding alone.
+    let restored_not_forgotten = saved::from_role_binding(&rbs.get("officers").await.unwrap());
+    let before = rbs.get("officers").await.unwrap().resource_version();
+    let save_name = saved::save_name(&restored_not_forgotten.binding);
+    secrets
+        .create(
+            &post,
+            &saved::to_secret(&restored_not_forgotten, name, &operator_namespace()),
+        )
+        .await
+        .unwrap();
+    policies
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"resurgo.test/touch": "2"}}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the stale save is forgotten",
+        Duration::from_secs(5),
+        || async { secrets.get_opt(&save_name).await.unwrap().is_none() },
+    )
+    .await;
+    assert_eq!(
+        rbs.get("officers").await.unwrap().resource_version(),
+        before
+    );
+
+    // An open Real incident naming the policy locks it down while its own mode stays
+    // Normal; a grant without expiry is then not in force, and the policy says why.
+    let permanent = unique_name("permanent");
+    policies
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"grants": [
+                {"name": "technician", "subject": {"kind": "User", "name": technician},
+                 "clusterRole": "view", "namespaces": [ns], "expiresAt": expiry.to_string(),
+                 "reason": "remote session on request"},
+                {"name": "permanent", "subject": {"kind": "User", "name": permanent},
+                 "clusterRole": "view", "namespaces": [ns], "reason": "no expiry"}
+            ]}})),
+        )
+        .await
+        .unwrap();
+    ready(policies, name).await;
+    assert!(access(&permanent, &[], "list", "pods", Some(ns)).await);
+    let incidents: Api<Incident> = Api::all(client.clone());
+    incidents
+        .create(
+            &post,
+            &serde_json::from_value(json!({
+                "apiVersion": "resurgo.dev/v1alpha1", "kind": "Incident",
+                "metadata": {"name": incident},
+                "spec": {"mode": "Real", "compromisedSince": "2026-11-01T00:00:00Z", "accessPolicies": [name]}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let locked = await_condition(policies.clone(), name, |p: Option<&AccessPolicy>| {
+        p.and_then(|p| p.status.as_ref()).is_some_and(|s| {
+            s.mode == Some(AccessMode::Lockdown)
+                && s.conditions.iter().any(|c| {
+                    c.type_ == "Stalled" && c.status == "True" && c.reason == "GrantWithoutExpiry"
+                })
+        })
+    });
+    let locked = tokio::time::timeout(Duration::from_secs(30), locked)
+        .await
+        .expect("the incident locked the policy down within 30 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(locked.spec.mode, AccessMode::Normal);
+    let stalled = locked.status.unwrap().conditions;
+    let stalled = stalled.iter().find(|c| c.type_ == "Stalled").unwrap();
+    assert!(stalled.message.contains("permanent"), "{}", stalled.message);
+    assert!(stalled.message.contains(incident), "{}", stalled.message);
+    assert!(cluster_role_binding(client, &clinical_crb).await.is_none());
+    for (user, groups, allowed) in [
+        ("anyone", vec![clinical.as_str()], false),
+        (permanent.as_str(), vec![], false),
+        (technician.as_str(), vec![], true),
+        (officer.as_str(), vec![], true),
+    ] {
+        eventually(
+            &format!("{user} {groups:?} access is {allowed} under the incident"),
+            Duration::from_secs(2),
+            || {
+                let groups = groups.clone();
+                async move { access(user, &groups, "list", "pods", Some(ns)).await == allowed }
+            },
+        )
+        .await;
+    }
+
+    // Closing the incident lifts the lockdown and the grant comes back.
+    incidents
+        .patch(
+            incident,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"state": "Closed"}})),
+        )
+        .await
+        .unwrap();
+    let lifted = ready(policies, name).await.status.unwrap();
+    assert_eq!(lifted.mode, Some(AccessMode::Normal));
+    assert_eq!(lifted.suspended_bindings, 0);
+    assert_eq!(
+        essence(&cluster_role_binding(client, &clinical_crb).await.unwrap()),
+        essence(&crb_original)
+    );
+    for user in [permanent.as_str(), contractor.as_str()] {
+        eventually(
+            &format!("{user} has access again"),
+            Duration::from_secs(2),
+            || async { access(user, &[], "list", "pods", Some(ns)).await },
+        )
+        .await;
+    }
+
+    for crb in [&clinical_crb, &deleted_after_save.binding.name] {
+        crbs.delete(crb, &DeleteParams::default()).await.unwrap();
+    }
+}
+
+/// A control plane of its own, with an operator of its own that the test can kill: the
+/// shared operator of tests/run.sh must not act on what this test examines.
+struct PrivateCluster {
+    dir: std::path::PathBuf,
+    kubeconfig: std::path::PathBuf,
+    operator: Option<std::process::Child>,
+}
+
+impl PrivateCluster {
+    fn up() -> PrivateCluster {
+        let dir = std::path::PathBuf::from(format!(
+            "/dev/shm/resurgo-access-crash-{}",
+            std::process::id()
+        ));
+        let output =
+            std::process::Command::new(resurgo_tests::repo_root().join("tests/cluster/up.sh"))
+                .arg(&dir)
+                .output()
+                .expect("run up.sh");
+        assert!(
+            output.status.success(),
+            "up.sh failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let kubeconfig = dir.join("kubeconfig");
+        let cluster = PrivateCluster {
+            dir,
+            kubeconfig,
+            operator: None,
+        };
+        let crds = resurgo_tests::repo_root().join("crds");
+        cluster.kubectl(&["apply", "--server-side", "-f", crds.to_str().unwrap()]);
+        cluster.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "-f",
+            crds.to_str().unwrap(),
+        ]);
+        cluster
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        let mut all = vec!["--kubeconfig", self.kubeconfig.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let output = kubectl(&all, None);
+        assert!(
+            output.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    async fn client(&self) -> Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
+        Client::try_from(config).unwrap()
+    }
+
+    fn start_operator(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("operator.log"))
+            .unwrap();
+        let child =
+            std::process::Command::new(resurgo_tests::repo_root().join("target/debug/resurgo"))
+                .arg("run")
+                .env("KUBECONFIG", &self.kubeconfig)
+                .env("RUST_LOG", "warn,resurgo=info")
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start the operator (cargo build -p resurgo first)");
+        self.operator = Some(child);
+    }
+
+    /// SIGKILL: no graceful shutdown, in-flight steps are cut wherever they are.
+    fn kill_operator(&mut self) {
+        if let Some(mut child) = self.operator.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        self.kill_operator();
+        let _ =
+            std::process::Command::new(resurgo_tests::repo_root().join("tests/cluster/down.sh"))
+                .arg(&self.dir)
+                .output();
+    }
+}
+
+/// The saves in the private cluster.
+async fn save_count(secrets: &Api<Secret>) -> usize {
+    secrets
+        .list_metadata(&ListParams::default().labels("resurgo.dev/part=suspended-binding"))
+        .await
+        .unwrap()
+        .items
+        .len()
+}
+
+/// Every hand-made binding is either there exactly as made, or saved exactly: nothing lost.
+async fn nothing_lost(
+    rbs: &Api<RoleBinding>,
+    secrets: &Api<Secret>,
+    originals: &BTreeMap<String, Binding>,
+) {
+    let present: BTreeMap<String, Binding> = rbs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|rb| (rb.name_any(), saved::from_role_binding(rb)))
+        .collect();
+    let saves: BTreeMap<String, Binding> = secrets
+        .list(&ListParams::default().labels("resurgo.dev/part=suspended-binding"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(saved::from_secret)
+        .map(|b| (b.binding.name.clone(), b))
+        .collect();
+    for (name, original) in originals {
+        let kept = present
+            .get(name)
+            .is_some_and(|b| essence(b) == essence(original));
+        let saved = saves
+            .get(name)
+            .is_some_and(|b| essence(b) == essence(original));
+        assert!(kept || saved, "{name} is neither in place nor saved");
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn an_operator_killed_mid_lockdown_and_mid_restore_loses_nothing() {
+    const BINDINGS: usize = 200;
+    let mut cluster = PrivateCluster::up();
+    let client = cluster.client().await;
+    let ns = namespace(&client, "crash").await;
+    let rbs: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
+    for i in 0..BINDINGS {
+        rbs.create(
+            &PostParams::default(),
+            &RoleBinding {
+                metadata: meta(&format!("staff-{i}"), Some(&ns)),
+                role_ref: view(),
+                subjects: Some(vec![subject("User", &format!("staff-{i}"))]),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let originals: BTreeMap<String, Binding> = rbs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|rb| (rb.name_any(), saved::from_role_binding(rb)))
+        .collect();
+    assert_eq!(originals.len(), BINDINGS);
+
+    cluster.start_operator();
+    let policies: Api<AccessPolicy> = Api::all(client.clone());
+    policies
+        .create(
+            &PostParams::default(),
+            &policy("crash", json!({"mode": "Normal"})),
+        )
+        .await
+        .unwrap();
+    ready(&policies, "crash").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &operator_namespace());
+
+    // Kill the operator a few bindings into the lockdown.
+    policies
+        .patch(
+            "crash",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"mode": "Lockdown"}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the lockdown has begun",
+        Duration::from_secs(30),
+        || async { save_count(&secrets).await >= 10 },
+    )
+    .await;
+    cluster.kill_operator();
+    let at_kill = save_count(&secrets).await;
+    assert!(
+        at_kill < BINDINGS,
+        "the kill came after the lockdown finished ({at_kill} saves)"
+    );
+    eprintln!("killed the operator with {at_kill} of {BINDINGS} bindings saved");
+    nothing_lost(&rbs, &secrets, &originals).await;
+
+    // The restarted operator finishes the lockdown.
+    cluster.start_operator();
+    let status = ready(&policies, "crash").await.status.unwrap();
+    assert_eq!(status.suspended_bindings as usize, BINDINGS);
+    assert!(
+        rbs.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    nothing_lost(&rbs, &secrets, &originals).await;
+
+    // Kill it again a few bindings into the restore.
+    policies
+        .patch(
+            "crash",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"mode": "Normal"}})),
+        )
+        .await
+        .unwrap();
+    eventually("the restore has begun", Duration::from_secs(30), || async {
+        save_count(&secrets).await <= BINDINGS - 10
+    })
+    .await;
+    cluster.kill_operator();
+    let at_kill = save_count(&secrets).await;
+    assert!(at_kill > 0, "the kill came after the restore finished");
+    eprintln!("killed the operator with {at_kill} of {BINDINGS} bindings still to restore");
+    nothing_lost(&rbs, &secrets, &originals).await;
+
+    cluster.start_operator();
+    let status = ready(&policies, "crash").await.status.unwrap();
+    assert_eq!(status.suspended_bindings, 0);
+    assert_eq!(save_count(&secrets).await, 0);
+    let restored: BTreeMap<String, Binding> = rbs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|rb| (rb.name_any(), saved::from_role_binding(rb)))
+        .collect();
+    assert_eq!(restored.len(), BINDINGS);
+    for (name, original) in &originals {
+        assert_eq!(essence(&restored[name]), essence(original), "{name}");
+    }
+}
