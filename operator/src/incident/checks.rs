@@ -641,7 +641,7 @@ spec:
     fn a_service_without_a_clean_backup_fails_the_step() {
         let incident = incident("  recoveryPlans: [lazio]\n");
         let plan: RecoveryPlan = crate::yaml::from_str(
-            "apiVersion: resurgo.dev/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: lazio}\nspec:\n  tiers: [{name: t, rto: 1h}]\n  services: [{name: records, tier: t, namespace: records, workload: {fromBackup: {}}}]\n",
+            "apiVersion: resurgo.dev/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: lazio}\nspec:\n  tiers: [{name: t, rto: 1h}]\n  services: [{name: records, tier: t, namespace: records, workload: {fromBackup: {identitySecretRef: {name: lazio-age, namespace: resurgo-keys}}}}]\n",
         )
         .unwrap();
         let mut observed = Observed::default();

@@ -166,7 +166,7 @@ spec:
   - name: records
     tier: clinical
     namespace: clinical-records
-    workload: {fromBackup: {}}
+    workload: {fromBackup: {identitySecretRef: {name: lazio-age, namespace: resurgo-keys}}}
   - name: ledger
     tier: finance
     namespace: finance
