@@ -8,9 +8,12 @@
 // `#[kube(...)]` as duplicated attributes; they are separate columns.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod admin;
 pub mod api;
 pub mod crd_files;
 pub mod labels;
+pub mod leader;
+pub mod metrics;
 pub mod operator;
 pub mod planner;
 pub mod recovery;
