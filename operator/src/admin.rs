@@ -99,7 +99,9 @@ impl Health {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -146,7 +148,11 @@ fn respond(path: &str, metrics: &Metrics, health: &Health) -> Response<Full<Byte
                 format!("not ready: {why}\n"),
             ),
         },
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
     };
     Response::builder()
         .status(status)

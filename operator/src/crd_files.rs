@@ -54,7 +54,9 @@ mod tests {
     }
 
     fn assert_generated(relative: &str) {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(relative);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(relative);
         let files = render().expect("render CRDs");
         let mut expected: Vec<String> = files.iter().map(|f| f.file_name.clone()).collect();
         expected.sort();

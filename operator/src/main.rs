@@ -44,7 +44,12 @@ enum Command {
         #[arg(long, env = "RESURGO_LEADER_ELECTION")]
         leader_election: bool,
         /// The name of that Lease.
-        #[arg(long, value_name = "NAME", env = "RESURGO_LEASE_NAME", default_value = "resurgo-leader")]
+        #[arg(
+            long,
+            value_name = "NAME",
+            env = "RESURGO_LEASE_NAME",
+            default_value = "resurgo-leader"
+        )]
         lease_name: String,
         /// The namespace of that Lease. Default: the pod's own (POD_NAMESPACE), else the
         /// kubeconfig's namespace.
@@ -52,7 +57,12 @@ enum Command {
         lease_namespace: Option<String>,
         /// How long a leader that stopped renewing keeps the Lease, in seconds: the longest
         /// a standby waits before it takes over from a replica that died.
-        #[arg(long, value_name = "SECONDS", env = "RESURGO_LEASE_DURATION", default_value_t = 15)]
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            env = "RESURGO_LEASE_DURATION",
+            default_value_t = 15
+        )]
         lease_duration: u64,
     },
     /// Print the CustomResourceDefinitions of every Resurgo kind as YAML.

@@ -247,7 +247,12 @@ mod tests {
         let mut status = RecoveryPlanStatus {
             services: vec![
                 service("dispatch", "life-critical", ServicePhase::Ready, Some(1000)),
-                service("emergency", "life-critical", ServicePhase::Ready, Some(1010)),
+                service(
+                    "emergency",
+                    "life-critical",
+                    ServicePhase::Ready,
+                    Some(1010),
+                ),
                 service("records", "clinical", ServicePhase::Deploying, Some(1200)),
             ],
             ..Default::default()

@@ -120,8 +120,16 @@ impl Shared {
         let health = self.health.clone();
         let name = self.controller;
         tokio::spawn(async move {
-            if store.wait_until_ready().await.is_ok() {
-                health.controller_ready(name);
+            // The readiness signal of a Store wakes only its last waiter, and the Controller
+            // waits on it too: look again every so often instead of waiting once.
+            loop {
+                match tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready())
+                    .await
+                {
+                    Ok(Ok(())) => break health.controller_ready(name),
+                    Ok(Err(_)) => break,
+                    Err(_) => continue,
+                }
             }
         });
     }
