@@ -60,13 +60,20 @@ fn the_image_ships_the_binary_that_the_static_build_script_makes() {
         .find(|l| l.starts_with("COPY --from=build "))
         .expect("the image copies from the build stage");
     let source = copy.split_whitespace().nth(2).expect("COPY source");
-    assert_eq!(source, format!("/src/{built}"), "the image copies another binary");
+    assert_eq!(
+        source,
+        format!("/src/{built}"),
+        "the image copies another binary"
+    );
 
     let script_text = std::fs::read_to_string(&script).unwrap();
     assert!(script_text.contains(r#"RUSTFLAGS="-C target-feature=+crt-static""#));
     assert!(script_text.contains("--locked"));
     let manifest = std::fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
-    let profile = built.split('/').nth(2).expect("target/<triple>/<profile>/resurgo");
+    let profile = built
+        .split('/')
+        .nth(2)
+        .expect("target/<triple>/<profile>/resurgo");
     assert!(
         manifest.contains(&format!("[profile.{profile}]")),
         "Cargo.toml has no [profile.{profile}]"
