@@ -522,6 +522,8 @@ async fn the_charts_service_account_is_enough_for_a_recovery_and_no_more() {
     ] {
         assert!(!can(&account, &args), "the operator can {what}");
     }
+    let own_lease = format!("leases/{id}-lease");
+    let lease_namespace = format!("--namespace={}", account.namespace);
     // The checks above could pass by never asking the right user: the same user can do
     // what the recovery did.
     for args in [
@@ -529,6 +531,7 @@ async fn the_charts_service_account_is_enough_for_a_recovery_and_no_more() {
         vec!["patch", "recoveryplans", "--subresource=status"],
         vec!["create", "namespaces"],
         vec!["watch", "deployments", "--all-namespaces"],
+        vec!["update", &own_lease, &lease_namespace],
     ] {
         assert!(can(&account, &args), "the operator cannot {args:?}");
     }
@@ -738,11 +741,32 @@ async fn a_standby_takes_over_from_a_killed_leader_and_does_nothing_twice() {
         assert_eq!(service.attempts, 1, "{} started twice", service.name);
     }
 
-    // Stopped politely, the leader gives the Lease up at once and exits cleanly.
+    // Stopped politely, the leader gives the Lease up and exits cleanly, and a standby
+    // takes over at its next attempt instead of waiting the Lease out.
+    let mut third = Operator::start(&account, &id, &format!("{id}-c"), &elect);
+    third.until_answers("/readyz", 200).await;
+    assert_eq!(third.metric("resurgo_leader"), Some(0.0));
     assert!(kill(second.child.id(), "-TERM"));
+    let stopped = tokio::time::Instant::now();
     let exit = second.child.wait().unwrap();
     assert!(exit.success(), "{exit}:\n{}", second.log());
-    assert_eq!(lease_holder(&account.namespace, &lease).await, None);
+    assert!(
+        second.log().contains("released the leader Lease"),
+        "{}",
+        second.log()
+    );
+    until_holder(
+        &account.namespace,
+        &lease,
+        |h| h == Some(third.name.as_str()),
+        Duration::from_secs(3 * lease_duration),
+    )
+    .await;
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(lease_duration),
+        "the standby waited {took:?}: the Lease was not released"
+    );
 
     cleanup(&account, &name);
 }
