@@ -56,7 +56,7 @@ enum Command {
         #[arg(long, value_name = "NAMESPACE", env = "POD_NAMESPACE")]
         lease_namespace: Option<String>,
         /// How long a leader that stopped renewing keeps the Lease, in seconds: the longest
-        /// a standby waits before it takes over from a replica that died.
+        /// a standby waits before it takes over from a replica that died (at least 3).
         #[arg(
             long,
             value_name = "SECONDS",
