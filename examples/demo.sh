@@ -77,11 +77,8 @@ fi
 kill "$watcher" 2>/dev/null || true
 wait "$watcher" 2>/dev/null || true
 
-say "Recovered. Services in the order they came back"
-kubectl get recoveryplan lazio-health -o jsonpath='{range .status.services[*]}{.tier}{"\t"}{.name}{"\t"}{.phase}{"\tstarted "}{.started}{"\tready "}{.ready}{"\n"}{end}'
-
-say "Tiers against their RTO"
-kubectl get recoveryplan lazio-health -o jsonpath='{range .status.tiers[*]}{.name}{"\tRTO "}{.rtoTarget}{"\t"}{.rto}{"\tready "}{.ready}{"\n"}{end}'
+say "Recovered. Tiers against their RTO, services in the order they came back (resurgo status)"
+target/debug/resurgo status lazio-health
 
 say "What was rebuilt, hardened"
 kubectl get namespaces -l resurgo.dev/plan=lazio-health -L pod-security.kubernetes.io/enforce

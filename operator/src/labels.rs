@@ -16,3 +16,9 @@ pub const SERVICE: &str = "resurgo.dev/service";
 /// What an object is for, in the service: `workload`, `restore`, `check`, `secret`,
 /// `network-policy`.
 pub const PART: &str = "resurgo.dev/part";
+
+/// The Incident an object was created for (the copies a drill rebuilds).
+pub const INCIDENT: &str = "resurgo.dev/incident";
+
+/// The plan a drill's copy was made from.
+pub const SOURCE_PLAN: &str = "resurgo.dev/source-plan";

@@ -10,13 +10,16 @@
 
 pub mod admin;
 pub mod api;
+pub mod conditions;
 pub mod crd_files;
+pub mod incident;
 pub mod labels;
 pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod planner;
 pub mod recovery;
+pub mod status_view;
 pub mod yaml;
 
 #[cfg(test)]

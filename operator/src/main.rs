@@ -78,6 +78,9 @@ enum Command {
         #[arg(short = 'f', long = "filename", value_name = "PATH")]
         path: PathBuf,
     },
+    /// Show where the recovery stands: each plan's tiers with progress bars, what every
+    /// service is doing or waiting for, and time against each tier's RTO.
+    Status(resurgo::status_view::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
         .map_err(CliError::Operator),
         Command::Crd { out_dir } => crd(out_dir),
         Command::Plan { path } => plan(&path),
+        Command::Status(args) => resurgo::status_view::run(args).map_err(CliError::Status),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -127,6 +131,8 @@ enum CliError {
     Plan(#[from] plan_report::CheckFailed),
     #[error(transparent)]
     Operator(resurgo::operator::StartError),
+    #[error(transparent)]
+    Status(resurgo::status_view::StatusError),
 }
 
 fn plan(path: &Path) -> Result<(), CliError> {

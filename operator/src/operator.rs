@@ -147,7 +147,10 @@ impl Shared {
 /// Every controller. They start together, under the leader Lease when there is one, and
 /// stop together. Adding a controller is adding its line here.
 fn controllers(shared: &Shared) -> Vec<BoxFuture<'static, ()>> {
-    vec![crate::recovery::run(shared.for_controller("recovery")).boxed()]
+    vec![
+        crate::recovery::run(shared.for_controller("recovery")).boxed(),
+        crate::incident::run(shared.for_controller("incident")).boxed(),
+    ]
 }
 
 /// Runs the operator until it is told to stop.

@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use kube::Client;
+use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
 /// The repository's top directory.
@@ -159,4 +160,67 @@ pub fn example_files() -> Result<Vec<PathBuf>> {
     walk(&repo_root().join("examples"), &mut files)?;
     files.sort();
     Ok(files)
+}
+
+/// A binary of the `resurgo` package (`resurgo`, `kubectl-resurgo`) as tests/run.sh built
+/// it: from `RESURGO_BIN_DIR`, or the workspace's debug target directory.
+pub fn resurgo_bin(name: &str) -> PathBuf {
+    std::env::var_os("RESURGO_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/debug"))
+        .join(name)
+}
+
+/// A Deployment the restricted Pod Security level admits. With `zone`, its pods only
+/// schedule on a node labelled with that zone: the test holds the service back by not having
+/// such a node yet.
+pub fn deployment(name: &str, zone: Option<&str>) -> Value {
+    let mut pod = json!({
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "main", "image": "registry.example/app:1",
+            "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}
+        }]
+    });
+    if let Some(zone) = zone {
+        pod["nodeSelector"] = json!({"resurgo.test/zone": zone});
+    }
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": pod}
+        }
+    })
+}
+
+/// Applies `manifest` (YAML or JSON) by server-side apply, as a user would.
+pub fn apply(manifest: &str) {
+    kubectl_ok(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=resurgo-tests",
+            "-f",
+            "-",
+        ],
+        Some(manifest),
+    )
+    .expect("apply");
+}
+
+/// A Job spec the restricted Pod Security level admits; kwok completes its pod.
+pub fn job_spec() -> Value {
+    json!({
+        "backoffLimit": 0,
+        "template": {"spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "main", "image": "registry.example/tools:1",
+                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}
+            }]
+        }}
+    })
 }

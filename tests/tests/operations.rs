@@ -490,7 +490,6 @@ async fn the_charts_service_account_is_enough_for_a_recovery_and_no_more() {
             "update Deployments",
             vec!["update", "deployments", ns.as_str()],
         ),
-        ("delete namespaces", vec!["delete", "namespaces"]),
         ("create pods", vec!["create", "pods", ns.as_str()]),
         ("exec into pods", vec!["create", "pods/exec", ns.as_str()]),
         (
@@ -505,8 +504,14 @@ async fn the_charts_service_account_is_enough_for_a_recovery_and_no_more() {
         ("bind ClusterRoles", vec!["bind", "clusterroles"]),
         ("impersonate users", vec!["impersonate", "users"]),
         ("update the plans' spec", vec!["update", "recoveryplans"]),
-        ("delete plans", vec!["delete", "recoveryplans"]),
         ("write CRDs", vec!["create", "customresourcedefinitions"]),
+        ("delete Incidents", vec!["delete", "incidents"]),
+        ("update AccessPolicies", vec!["update", "accesspolicies"]),
+        ("delete Services", vec!["delete", "services", ns.as_str()]),
+        (
+            "delete NetworkPolicies",
+            vec!["delete", "networkpolicies", ns.as_str()],
+        ),
         (
             "update another Lease",
             vec![

@@ -16,32 +16,10 @@ use kube::{
     runtime::{WatchStreamExt, wait::await_condition, watcher},
 };
 use resurgo::api::recovery_plan::{PlanPhase, RecoveryPlan, ServicePhase};
-use resurgo_tests::{client, install_crds, kubectl, kubectl_ok, unique_name};
+use resurgo_tests::{
+    apply, client, deployment, install_crds, job_spec, kubectl, kubectl_ok, unique_name,
+};
 use serde_json::{Value, json};
-
-/// A Deployment the restricted Pod Security level admits. With `zone`, its pods only
-/// schedule on a node labelled with that zone: the test holds the service back by not having
-/// such a node yet.
-fn deployment(name: &str, zone: Option<&str>) -> Value {
-    let mut pod = json!({
-        "securityContext": {"runAsNonRoot": true, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [{
-            "name": "main", "image": "registry.example/app:1",
-            "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}
-        }]
-    });
-    if let Some(zone) = zone {
-        pod["nodeSelector"] = json!({"resurgo.test/zone": zone});
-    }
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": pod}
-        }
-    })
-}
 
 fn service(
     name: &str,
@@ -62,20 +40,6 @@ fn plan(name: &str, spec: Value) -> String {
         "metadata": {"name": name}, "spec": spec
     }))
     .unwrap()
-}
-
-fn apply(manifest: &str) {
-    kubectl_ok(
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=resurgo-tests",
-            "-f",
-            "-",
-        ],
-        Some(manifest),
-    )
-    .expect("apply");
 }
 
 fn wait(plan: &str, condition: &str, timeout: &str) {
@@ -587,20 +551,6 @@ async fn delete_plan(name: &str) {
 }
 
 /// A Job spec the restricted Pod Security level admits; kwok completes its pod.
-fn job_spec() -> Value {
-    json!({
-        "backoffLimit": 0,
-        "template": {"spec": {
-            "restartPolicy": "Never",
-            "securityContext": {"runAsNonRoot": true, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{
-                "name": "main", "image": "registry.example/tools:1",
-                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}
-            }]
-        }}
-    })
-}
-
 #[tokio::test]
 #[ignore = "needs cluster: run tests/run.sh"]
 async fn data_is_restored_before_the_workload_starts() {

@@ -34,6 +34,29 @@ impl Duration {
     }
 }
 
+impl From<StdDuration> for Duration {
+    /// The duration in the same grammar, to the millisecond: `1h30m`, `4m5s`, `1s250ms`.
+    fn from(value: StdDuration) -> Self {
+        let millis = value.as_millis();
+        let parts = [
+            (millis / 3_600_000, "h"),
+            (millis / 60_000 % 60, "m"),
+            (millis / 1_000 % 60, "s"),
+            (millis % 1_000, "ms"),
+        ];
+        let text: String = parts
+            .iter()
+            .filter(|(amount, _)| *amount > 0)
+            .map(|(amount, unit)| format!("{amount}{unit}"))
+            .collect();
+        Self(if text.is_empty() {
+            "0s".to_owned()
+        } else {
+            text
+        })
+    }
+}
+
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -231,6 +254,22 @@ pub struct KeyRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_print_in_the_grammar_they_parse_in() {
+        for (millis, text) in [
+            (5_400_000, "1h30m"),
+            (245_000, "4m5s"),
+            (1_250, "1s250ms"),
+            (0, "0s"),
+        ] {
+            let duration = Duration::from(StdDuration::from_millis(millis));
+            assert_eq!(duration.to_string(), text);
+            if millis > 0 {
+                assert_eq!(duration.to_std(), Ok(StdDuration::from_millis(millis)));
+            }
+        }
+    }
 
     #[test]
     fn durations_parse_like_go() {

@@ -83,6 +83,23 @@ pub struct RecoveryPlanSpec {
     /// While true the operator starts nothing new; what is already running finishes.
     #[serde(default)]
     pub paused: bool,
+
+    /// When the rebuild starts. `Apply` (default): as soon as the plan is applied, as in a
+    /// clean cluster rebuilt from Git. `Incident`: only once a `Real` Incident naming this
+    /// plan has locked access down, frozen pruning and chosen restore points; until then the
+    /// plan is Pending and creates nothing.
+    #[serde(default)]
+    pub trigger: Trigger,
+}
+
+/// What starts a plan's rebuild.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Trigger {
+    /// Applying the plan.
+    #[default]
+    Apply,
+    /// A Real Incident that names the plan, once it reaches its Recover step.
+    Incident,
 }
 
 /// A priority tier.

@@ -10,9 +10,11 @@
 //! Created objects carry labels, not owner references: deleting a RecoveryPlan must never
 //! take the emergency services it rebuilt down with it.
 
-mod desired;
+pub(crate) mod desired;
 mod readiness;
 mod status;
+
+use status::Hold;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration as StdDuration};
 
@@ -29,7 +31,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
+    api::{DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams},
     core::ApiResource,
     discovery::{self, Scope},
     runtime::{
@@ -45,10 +47,14 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::{
-    api::recovery_plan::{
-        PlanPhase, RecoveryPlan, RecoveryPlanStatus, Service, ServiceAction, ServicePhase,
-        ServiceStatus,
+    api::{
+        incident::Incident,
+        recovery_plan::{
+            PlanPhase, RecoveryPlan, RecoveryPlanStatus, Service, ServiceAction, ServicePhase,
+            ServiceStatus, Trigger,
+        },
     },
+    incident,
     labels::{self, FIELD_MANAGER},
     metrics::Metrics,
     operator::Shared,
@@ -194,7 +200,20 @@ pub async fn run(shared: Shared) {
             plan_of,
         )
         .watches(Api::<DaemonSet>::all(client.clone()), ours.clone(), plan_of)
-        .watches(Api::<Job>::all(client), ours, plan_of)
+        .watches(Api::<Job>::all(client.clone()), ours, plan_of)
+        // An incident reaching its Recover step starts the plans it names (`trigger: Incident`).
+        .watches(
+            Api::<Incident>::all(client),
+            watcher::Config::default(),
+            |incident| {
+                incident
+                    .spec
+                    .recovery_plans
+                    .iter()
+                    .map(|name| ObjectRef::new(name))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(shared.shutdown())
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -270,7 +289,15 @@ async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Action,
         .count();
     let room =
         (plan.spec.max_parallel.unwrap_or(DEFAULT_MAX_PARALLEL) as usize).saturating_sub(running);
-    if !plan.spec.paused {
+    let hold = hold(&ctx, &plan, &services).await?;
+    if let Some(hold) = hold {
+        for service_name in &steps.start {
+            let record = services
+                .get_mut(service_name)
+                .expect("planned services have records");
+            record.message = Some(hold.message().into());
+        }
+    } else {
         for service_name in steps.start.iter().take(room) {
             let service = spec_of(&plan, service_name);
             let record = services
@@ -311,7 +338,7 @@ async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Action,
         }
     }
 
-    let status = status::compute(&plan, &order, &services, &previous, now);
+    let status = status::compute(&plan, &order, &services, &previous, hold, now);
     ctx.metrics.recovery_progress(&plan, &status);
     announce(&ctx, &plan, &previous, &status).await;
     if status != previous {
@@ -321,6 +348,32 @@ async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Action,
         return Err(error);
     }
     Ok(next_deadline(&plan, &services, now).map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Why nothing may start now, if so: the plan is paused, or it waits for an incident.
+async fn hold(
+    ctx: &Context,
+    plan: &RecoveryPlan,
+    services: &BTreeMap<String, ServiceStatus>,
+) -> Result<Option<Hold>, Error> {
+    if plan.spec.paused {
+        return Ok(Some(Hold::Paused));
+    }
+    // Once a rebuild has begun it goes on, even if the incident is later deleted.
+    let begun = services.values().any(|s| s.started.is_some());
+    if plan.spec.trigger != Trigger::Incident || begun {
+        return Ok(None);
+    }
+    let name = plan.name_any();
+    let incidents = Api::<Incident>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_error("list", "Incidents"))?;
+    let started = incidents
+        .items
+        .iter()
+        .any(|i| incident::starts_plan(i, &name));
+    Ok((!started).then_some(Hold::WaitingForIncident))
 }
 
 /// The services as the last status left them, in plan order; a spec change gives failed

@@ -4,16 +4,14 @@
 
 use std::{collections::BTreeMap, time::Duration as StdDuration};
 
-use k8s_openapi::{
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
-    jiff::Timestamp,
-};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use crate::{
     api::recovery_plan::{
         OnFailure, PlanPhase, RecoveryPlan, RecoveryPlanStatus, RtoResult, ServicePhase,
         ServiceStatus, TierStatus,
     },
+    conditions::conditions,
     planner::{PlanError, RecoveryOrder},
 };
 
@@ -59,12 +57,34 @@ pub fn invalid(
     }
 }
 
+/// Why a valid plan starts nothing new.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// `paused: true`.
+    Paused,
+    /// `trigger: Incident` and no incident has reached its Recover step.
+    WaitingForIncident,
+}
+
+impl Hold {
+    /// What the status says about it.
+    pub fn message(self) -> &'static str {
+        match self {
+            Hold::Paused => "paused: nothing new starts",
+            Hold::WaitingForIncident => {
+                "waits for a Real Incident naming this plan to reach its Recover step (trigger: Incident)"
+            }
+        }
+    }
+}
+
 /// The status of a valid plan.
 pub fn compute(
     plan: &RecoveryPlan,
     order: &RecoveryOrder,
     services: &BTreeMap<String, ServiceStatus>,
     previous: &RecoveryPlanStatus,
+    hold: Option<Hold>,
     now: Timestamp,
 ) -> RecoveryPlanStatus {
     let halt = order.on_failure == OnFailure::HaltLowerTiers;
@@ -219,18 +239,22 @@ pub fn compute(
                 .iter()
                 .find(|t| t.phase != PlanPhase::Recovered)
                 .map(|t| t.name.as_str());
-            let why = if plan.spec.paused {
-                "paused"
-            } else {
-                "Recovering"
+            let text = match hold {
+                Some(hold) => format!("{ready_text} ready; {}", hold.message()),
+                None => format!(
+                    "{ready_text} ready; recovering tier {}",
+                    current.unwrap_or("-")
+                ),
             };
-            let text = format!(
-                "{ready_text} ready; recovering tier {}",
-                current.unwrap_or("-")
-            );
+            let (why, progressing) = match hold {
+                Some(Hold::Paused) => ("Paused", true),
+                // Nothing moves until an incident says so: not progressing, not stalled.
+                Some(Hold::WaitingForIncident) => ("WaitingForIncident", false),
+                None => ("Recovering", true),
+            };
             (
                 (false, why, text.clone()),
-                (true, why, text),
+                (progressing, why, text),
                 (false, why, String::new()),
             )
         }
@@ -285,34 +309,6 @@ fn rto_verdict(
     }
 }
 
-/// Conditions with `lastTransitionTime` kept where the status did not change, as the API
-/// conventions ask.
-fn conditions<const N: usize>(
-    previous: &[Condition],
-    generation: Option<i64>,
-    now: Timestamp,
-    wanted: [(&str, bool, &str, &str); N],
-) -> Vec<Condition> {
-    wanted
-        .into_iter()
-        .map(|(type_, status, reason, message)| {
-            let status = if status { "True" } else { "False" };
-            let last_transition_time = previous
-                .iter()
-                .find(|c| c.type_ == type_ && c.status == status)
-                .map_or(Time(now), |c| c.last_transition_time.clone());
-            Condition {
-                type_: type_.into(),
-                status: status.into(),
-                reason: reason.into(),
-                message: message.into(),
-                observed_generation: generation,
-                last_transition_time,
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -363,7 +359,10 @@ mod tests {
         Timestamp::from_second(1_700_000_000 + s).unwrap()
     }
 
-    fn condition<'a>(status: &'a RecoveryPlanStatus, type_: &str) -> &'a Condition {
+    fn condition<'a>(
+        status: &'a RecoveryPlanStatus,
+        type_: &str,
+    ) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
         status.conditions.iter().find(|c| c.type_ == type_).unwrap()
     }
 
@@ -380,6 +379,7 @@ mod tests {
             &order,
             &services,
             &RecoveryPlanStatus::default(),
+            None,
             at(130),
         );
         assert_eq!(status.phase, Some(PlanPhase::Recovered));
@@ -404,6 +404,7 @@ mod tests {
             &order,
             &services,
             &RecoveryPlanStatus::default(),
+            None,
             at(17 * 60),
         );
         assert_eq!(status.tiers[0].rto, RtoResult::Breached);
@@ -425,6 +426,7 @@ mod tests {
             &planner::plan(&p.spec).unwrap(),
             &services,
             &RecoveryPlanStatus::default(),
+            None,
             at(10),
         );
         assert_eq!(status.phase, Some(PlanPhase::Failed));
@@ -441,6 +443,7 @@ mod tests {
             &planner::plan(&p.spec).unwrap(),
             &services,
             &RecoveryPlanStatus::default(),
+            None,
             at(10),
         );
         assert_eq!(status.phase, Some(PlanPhase::Degraded));
@@ -454,8 +457,15 @@ mod tests {
             record("a", "first", ServicePhase::Deploying, Some(0), None),
             record("b", "second", ServicePhase::Pending, None, None),
         ]);
-        let first = compute(&p, &order, &services, &RecoveryPlanStatus::default(), at(1));
-        let second = compute(&p, &order, &services, &first, at(50));
+        let first = compute(
+            &p,
+            &order,
+            &services,
+            &RecoveryPlanStatus::default(),
+            None,
+            at(1),
+        );
+        let second = compute(&p, &order, &services, &first, None, at(50));
         assert_eq!(first, second, "nothing changed, so nothing is rewritten");
     }
 }

@@ -1,0 +1,714 @@
+//! The Incident controller: one declarative switch that runs a recovery (or a drill of it)
+//! step by step, recording each step in `status.timeline`.
+//!
+//! A Real incident, in order: **Lockdown** (the named AccessPolicies report Lockdown; the
+//! access controller treats a policy named by an open Real incident as locked down),
+//! **FreezePruning** (every BackupSchedule reports pruning frozen while a Real incident is
+//! open), **ChooseRestorePoints** (per service restoring from a backup: the newest clean one
+//! before `compromisedSince`, or the one named), **Recover** (plans with `trigger: Incident`
+//! start now; the step ends when every named plan is recovered) and **RotateCredentials**
+//! (every credential the plans regenerate must be newer than the compromise; older ones get
+//! fresh values). Setting `state: Closed` runs **LiftLockdown** and **UnfreezePruning**.
+//!
+//! A Drill rebuilds copies of the plans in prefixed namespaces (see [`drill`]), records the
+//! time to ready per tier against its RTO, and deletes the copies (**CleanUp**).
+//!
+//! Steps are decided by pure code ([`timeline`], [`checks`]); this module reads what they
+//! need, does what they ask and writes the status. A finished step is never run again.
+
+pub mod checks;
+pub mod drill;
+pub mod restore_points;
+pub mod timeline;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration as StdDuration};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::core::v1::{Namespace, Secret},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use serde_json::json;
+use tokio::sync::Mutex;
+use tracing::warn;
+
+use self::{
+    checks::{Act, Observed, SecretToRotate},
+    timeline::Step,
+};
+use crate::{
+    api::{
+        access_policy::AccessPolicy,
+        backup::Backup,
+        backup_schedule::BackupSchedule,
+        incident::{
+            ChosenRestorePoint, Incident, IncidentMode, IncidentPhase, IncidentState,
+            IncidentStatus, RestorePointRule, StepState,
+        },
+        recovery_plan::{RecoveryPlan, ServiceAction},
+    },
+    conditions::conditions,
+    labels::{self, FIELD_MANAGER},
+    metrics::Metrics,
+    operator::Shared,
+};
+
+/// Annotation recording when the operator last gave a Secret fresh values.
+pub const ROTATED_AT: &str = "resurgo.dev/rotated-at";
+
+/// How many act-then-look rounds one reconcile makes before leaving the rest to the
+/// watches: each round is one step's action.
+const MAX_ROUNDS: usize = 4;
+
+/// What a reconcile could not do. Each variant names the object it failed on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{action} {object}: {source}")]
+    Kube {
+        action: &'static str,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn kube_error(
+    action: &'static str,
+    object: impl Into<String>,
+) -> impl FnOnce(kube::Error) -> Error {
+    let object = object.into();
+    move |source| Error::Kube {
+        action,
+        object,
+        source,
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    client: Client,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    /// The last status written per incident, with its uid: the watch cache can lag behind
+    /// it, and a step must not start twice.
+    written: Mutex<BTreeMap<String, (Option<String>, IncidentStatus)>>,
+}
+
+/// Whether `incident` lets a plan with `trigger: Incident` start: a Real incident naming the
+/// plan that has reached its Recover step (open, or closed after reaching it).
+pub fn starts_plan(incident: &Incident, plan: &str) -> bool {
+    incident.spec.mode == IncidentMode::Real
+        && incident.spec.recovery_plans.iter().any(|p| p == plan)
+        && incident
+            .status
+            .as_ref()
+            .is_some_and(|s| s.timeline.iter().any(|e| e.step == Step::Recover.name()))
+}
+
+/// Whether `incident` is a Real incident still open: it holds its AccessPolicies in
+/// Lockdown and backup pruning frozen.
+pub fn is_open_real(incident: &Incident) -> bool {
+    incident.spec.mode == IncidentMode::Real && incident.spec.state == IncidentState::Open
+}
+
+/// Runs the controller until `shutdown` completes.
+pub async fn run(shared: Shared) {
+    let client = shared.client.clone();
+    let reporter = Reporter {
+        controller: "resurgo".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let context = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics: shared.metrics.clone(),
+        written: Mutex::default(),
+    });
+    let controller = Controller::new(Api::<Incident>::all(client.clone()), shared.watch_config());
+    let incidents = controller.store();
+    shared.caches_filled(incidents.clone());
+    let naming_policy = incidents.clone();
+    let naming_plan = incidents.clone();
+    let all_open = incidents.clone();
+    let all_open_backups = incidents.clone();
+    let cleaning = incidents.clone();
+    controller
+        .watches(
+            Api::<AccessPolicy>::all(client.clone()),
+            watcher::Config::default(),
+            move |policy| {
+                let name = policy.name_any();
+                refs(&naming_policy, move |i| {
+                    i.spec.access_policies.contains(&name)
+                })
+            },
+        )
+        .watches(
+            Api::<RecoveryPlan>::all(client.clone()),
+            watcher::Config::default(),
+            move |plan| {
+                // A drill's copy belongs to its incident; a real plan to those naming it.
+                let name = plan.name_any();
+                let owner = plan.labels().get(labels::INCIDENT).cloned();
+                refs(&naming_plan, move |i| {
+                    owner.as_deref() == Some(&i.name_any()) || i.spec.recovery_plans.contains(&name)
+                })
+            },
+        )
+        .watches(
+            Api::<BackupSchedule>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| {
+                refs(&all_open, |i| {
+                    i.status.as_ref().and_then(|s| s.phase) != Some(IncidentPhase::Closed)
+                })
+            },
+        )
+        .watches(
+            Api::<Backup>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| {
+                refs(&all_open_backups, |i| {
+                    !step_done(i, Step::ChooseRestorePoints)
+                })
+            },
+        )
+        .watches(
+            Api::<Namespace>::all(client),
+            watcher::Config::default().labels(labels::PLAN),
+            move |_| refs(&cleaning, |i| running(i, Step::CleanUp)),
+        )
+        .graceful_shutdown_on(shared.shutdown())
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((incident, _)) => tracing::debug!(incident = %incident.name, "reconciled"),
+                Err(error) => warn!(%error, "incident reconcile failed"),
+            }
+        })
+        .await;
+}
+
+fn refs(store: &Store<Incident>, wanted: impl Fn(&Incident) -> bool) -> Vec<ObjectRef<Incident>> {
+    store
+        .state()
+        .iter()
+        .filter(|i| wanted(i))
+        .map(|i| ObjectRef::from_obj(&**i))
+        .collect()
+}
+
+fn step_state(incident: &Incident, step: Step) -> Option<StepState> {
+    incident
+        .status
+        .as_ref()?
+        .timeline
+        .iter()
+        .find(|e| e.step == step.name())
+        .map(|e| e.state)
+}
+
+fn step_done(incident: &Incident, step: Step) -> bool {
+    step_state(incident, step) == Some(StepState::Done)
+}
+
+fn running(incident: &Incident, step: Step) -> bool {
+    step_state(incident, step) == Some(StepState::Running)
+}
+
+fn error_policy(incident: Arc<Incident>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed("Incident");
+    warn!(incident = %incident.name_any(), %error, "will retry");
+    Action::requeue(StdDuration::from_secs(5))
+}
+
+async fn reconcile(incident: Arc<Incident>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciled("Incident");
+    let previous = last_status(&ctx, &incident).await;
+    let mut status = previous.clone();
+    for _ in 0..MAX_ROUNDS {
+        let now = Timestamp::now();
+        let observed = observe(&ctx, &incident, &status).await?;
+        let advance = timeline::advance(&incident.spec, &status, now, |step, status| {
+            checks::check(step, &incident, status, &observed)
+        });
+        let mut next = advance.status;
+        if next.restore_points.is_empty()
+            && let Some(points) = observed.restore_points.clone()
+            && next.timeline.iter().any(|e| {
+                e.step == Step::ChooseRestorePoints.name() && e.state != StepState::Running
+            })
+        {
+            next.restore_points = points;
+        }
+        let measured = match incident.spec.mode {
+            IncidentMode::Real => checks::tier_results(observed.plans.iter()),
+            IncidentMode::Drill => checks::tier_results(observed.copies.iter()),
+        };
+        // Once a drill's copies are gone, what was measured stays.
+        if !measured.is_empty() {
+            next.tiers = measured;
+        }
+        finish(&incident, &mut next, now);
+        for transition in &advance.transitions {
+            let type_ = if transition.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            publish(
+                &ctx,
+                &incident,
+                type_,
+                &transition.reason,
+                transition.note.clone(),
+            )
+            .await;
+        }
+        if next != status {
+            write_status(&ctx, &incident, &next).await?;
+            status = next;
+        }
+        match advance.action {
+            Some(action) => act(&ctx, &incident, action).await?,
+            None => break,
+        }
+    }
+    Ok(Action::await_change())
+}
+
+/// The conditions and observed generation that go with the timeline.
+fn finish(incident: &Incident, status: &mut IncidentStatus, now: Timestamp) {
+    let phase = status.phase.unwrap_or(IncidentPhase::Pending);
+    let current = status
+        .timeline
+        .iter()
+        .rev()
+        .find(|e| e.state != StepState::Done)
+        .or(status.timeline.last())
+        .map(|e| format!("{}: {}", e.step, e.message.as_deref().unwrap_or("")))
+        .unwrap_or_default();
+    let failed = status
+        .timeline
+        .iter()
+        .filter(|e| e.state == StepState::Failed)
+        .map(|e| format!("{}: {}", e.step, e.message.as_deref().unwrap_or("")))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let generation = incident.metadata.generation;
+    let (ready, progressing, stalled) = match phase {
+        IncidentPhase::Recovered | IncidentPhase::Closed => (true, false, false),
+        IncidentPhase::Failed => (false, false, true),
+        _ => (false, true, false),
+    };
+    let reason = format!("{phase:?}");
+    status.observed_generation = generation;
+    status.conditions = conditions(
+        &status.conditions,
+        generation,
+        now,
+        [
+            ("Ready", ready, &reason, &current),
+            ("Progressing", progressing, &reason, &current),
+            ("Stalled", stalled, &reason, &failed),
+        ],
+    );
+}
+
+/// Reads what the due steps need.
+async fn observe(
+    ctx: &Context,
+    incident: &Incident,
+    status: &IncidentStatus,
+) -> Result<Observed, Error> {
+    let name = incident.name_any();
+    let mut observed = Observed::default();
+    let policies: Api<AccessPolicy> = Api::all(ctx.client.clone());
+    for policy in &incident.spec.access_policies {
+        if let Some(found) = policies
+            .get_opt(policy)
+            .await
+            .map_err(kube_error("read", format!("AccessPolicy {policy}")))?
+        {
+            observed.policies.insert(policy.clone(), found);
+        }
+    }
+    observed.others_open = Api::<Incident>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_error("list", "Incidents"))?
+        .items
+        .into_iter()
+        .filter(|i| is_open_real(i) && i.name_any() != name)
+        .collect();
+    observed.schedules = Api::<BackupSchedule>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_error("list", "BackupSchedules"))?
+        .items;
+    let plans: Api<RecoveryPlan> = Api::all(ctx.client.clone());
+    for plan in &incident.spec.recovery_plans {
+        if let Some(found) = plans
+            .get_opt(plan)
+            .await
+            .map_err(kube_error("read", format!("RecoveryPlan {plan}")))?
+        {
+            observed.plans.insert(plan.clone(), found);
+        }
+    }
+    if incident.spec.mode == IncidentMode::Drill {
+        let copies = plans
+            .list(&ListParams::default().labels(&format!("{}={name}", labels::INCIDENT)))
+            .await
+            .map_err(kube_error(
+                "list",
+                format!("drill copies of Incident {name}"),
+            ))?;
+        for copy in copies.items {
+            if let Some(source) = copy.labels().get(labels::SOURCE_PLAN).cloned() {
+                observed.copies.insert(source, copy);
+            }
+        }
+        // Another drill's copy with the same name shows up as a conflict, not as ours.
+        let prefix = checks::drill_prefix(incident);
+        for plan in &incident.spec.recovery_plans {
+            if observed.copies.contains_key(plan) {
+                continue;
+            }
+            if let Some(other) = plans
+                .get_opt(&drill::copy_name(&prefix, plan))
+                .await
+                .map_err(kube_error("read", format!("RecoveryPlan {prefix}{plan}")))?
+            {
+                observed.copies.insert(plan.clone(), other);
+            }
+        }
+        let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+        let copy_namespaces: Vec<String> = observed
+            .plans
+            .values()
+            .flat_map(|p| &p.spec.services)
+            .filter(|s| s.action == ServiceAction::Rebuild)
+            .map(|s| format!("{prefix}{}", s.namespace))
+            .collect();
+        for namespace in copy_namespaces {
+            if let Some(found) = namespaces
+                .get_opt(&namespace)
+                .await
+                .map_err(kube_error("read", format!("Namespace {namespace}")))?
+            {
+                // Only namespaces a drill's copy made: never one that happens to share the name.
+                let made_by_copy = found
+                    .labels()
+                    .get(labels::PLAN)
+                    .is_some_and(|p| p.starts_with(&prefix));
+                if made_by_copy {
+                    observed
+                        .copy_namespaces
+                        .insert(namespace, found.metadata.deletion_timestamp.is_some());
+                }
+            }
+        }
+    }
+    let due = |step: Step| {
+        !status
+            .timeline
+            .iter()
+            .any(|e| e.step == step.name() && e.state != StepState::Running)
+    };
+    if due(Step::ChooseRestorePoints) && incident.spec.state == IncidentState::Open {
+        observed.restore_points =
+            Some(choose_restore_points(ctx, incident, &observed.plans).await?);
+    }
+    let recovered = status
+        .timeline
+        .iter()
+        .any(|e| e.step == Step::Recover.name() && e.state == StepState::Done);
+    if incident.spec.mode == IncidentMode::Real && recovered && due(Step::RotateCredentials) {
+        observed.stale_secrets = Some(stale_secrets(ctx, incident, &observed.plans).await?);
+    }
+    Ok(observed)
+}
+
+/// A restore point for every service of the plans that restores from a backup.
+async fn choose_restore_points(
+    ctx: &Context,
+    incident: &Incident,
+    plans: &BTreeMap<String, RecoveryPlan>,
+) -> Result<Vec<ChosenRestorePoint>, Error> {
+    let backups = Api::<Backup>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_error("list", "Backups"))?
+        .items;
+    let compromised_since = incident.spec.compromised_since.0;
+    let rule = &incident.spec.restore_point;
+    let mut points = Vec::new();
+    for (plan_name, plan) in plans {
+        for service in &plan.spec.services {
+            let Some(from) = service
+                .workload
+                .as_ref()
+                .and_then(|w| w.from_backup.as_ref())
+            else {
+                continue;
+            };
+            let named = from
+                .backup
+                .clone()
+                .map(|b| (b, "named in the plan"))
+                .or_else(|| {
+                    (rule.rule == RestorePointRule::Named)
+                        .then(|| rule.backup.clone().map(|b| (b, "named by the incident")))
+                        .flatten()
+                });
+            let namespace = from
+                .source_namespace
+                .as_deref()
+                .unwrap_or(&service.namespace);
+            let point = match named {
+                Some((backup, why)) => {
+                    let found = backups.iter().find(|b| b.name_any() == backup);
+                    let completed = found.and_then(|b| b.status.as_ref()?.completed.clone());
+                    ChosenRestorePoint {
+                        plan: plan_name.clone(),
+                        service: service.name.clone(),
+                        backup: found.map(|_| backup.clone()),
+                        data_loss_window: completed.as_ref().and_then(|c| {
+                            let window =
+                                StdDuration::try_from(compromised_since.duration_since(c.0))
+                                    .ok()?;
+                            Some(crate::api::common::Duration::from(window).to_string())
+                        }),
+                        backup_completed: completed,
+                        message: Some(match found {
+                            Some(_) => format!("{backup}: {why}"),
+                            None => format!("backup {backup} ({why}) not found"),
+                        }),
+                    }
+                }
+                None => {
+                    let candidates =
+                        restore_points::candidates(&backups, namespace, compromised_since);
+                    let mut content = BTreeMap::new();
+                    for candidate in &candidates {
+                        if restore_points::usable_status(candidate, rule.allow_unverified).is_err()
+                        {
+                            continue;
+                        }
+                        let verdict = check_content(ctx, candidate).await;
+                        let clean = verdict.is_ok();
+                        content.insert(candidate.name_any(), verdict);
+                        if clean {
+                            break;
+                        }
+                    }
+                    restore_points::choose(
+                        plan_name,
+                        &service.name,
+                        &candidates,
+                        &content,
+                        rule.allow_unverified,
+                        compromised_since,
+                    )
+                }
+            };
+            points.push(point);
+        }
+    }
+    Ok(points)
+}
+
+/// Whether a backup's stored content still matches its manifest and decrypts. Reading the
+/// store is the backup controller's; until it is wired in, no backup passes, so no restore
+/// point is ever chosen on trust alone.
+async fn check_content(_ctx: &Context, backup: &Backup) -> Result<(), String> {
+    Err(format!(
+        "backup {}: this build cannot read backup stores to check the content",
+        backup.name_any()
+    ))
+}
+
+/// The credentials the plans regenerate that are missing or older than the compromise.
+async fn stale_secrets(
+    ctx: &Context,
+    incident: &Incident,
+    plans: &BTreeMap<String, RecoveryPlan>,
+) -> Result<Vec<SecretToRotate>, Error> {
+    let mut stale = Vec::new();
+    for (plan_name, plan) in plans {
+        for service in &plan.spec.services {
+            if service.action != ServiceAction::Rebuild {
+                continue;
+            }
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &service.namespace);
+            for wanted in &service.regenerate_secrets {
+                let found = secrets
+                    .get_metadata_opt(&wanted.name)
+                    .await
+                    .map_err(kube_error(
+                        "read",
+                        format!("Secret {}/{}", service.namespace, wanted.name),
+                    ))?;
+                let fresh = found.is_some_and(|s| {
+                    let rotated = s
+                        .annotations()
+                        .get(ROTATED_AT)
+                        .and_then(|t| t.parse::<Timestamp>().ok());
+                    checks::is_fresh(
+                        s.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                        rotated,
+                        incident.spec.compromised_since.0,
+                    )
+                });
+                if !fresh {
+                    stale.push(SecretToRotate {
+                        plan: plan_name.clone(),
+                        service: service.name.clone(),
+                        namespace: service.namespace.clone(),
+                        secret: wanted.clone(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(stale)
+}
+
+/// Does what a step asked for.
+async fn act(ctx: &Context, incident: &Incident, action: Act) -> Result<(), Error> {
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    match action {
+        Act::CreateCopies(copies) => {
+            let plans: Api<RecoveryPlan> = Api::all(ctx.client.clone());
+            for copy in copies {
+                let name = copy.name_any();
+                plans
+                    .patch(&name, &apply, &Patch::Apply(&copy))
+                    .await
+                    .map_err(kube_error("create", format!("RecoveryPlan {name}")))?;
+            }
+        }
+        Act::DeleteCopies { plans, namespaces } => {
+            let plan_api: Api<RecoveryPlan> = Api::all(ctx.client.clone());
+            for plan in plans {
+                ignore_missing(plan_api.delete(&plan, &DeleteParams::default()).await)
+                    .map_err(kube_error("delete", format!("RecoveryPlan {plan}")))?;
+            }
+            let namespace_api: Api<Namespace> = Api::all(ctx.client.clone());
+            for namespace in namespaces {
+                ignore_missing(
+                    namespace_api
+                        .delete(&namespace, &DeleteParams::default())
+                        .await,
+                )
+                .map_err(kube_error("delete", format!("Namespace {namespace}")))?;
+            }
+        }
+        Act::Rotate(secrets) => {
+            let now = Timestamp::now();
+            for stale in secrets {
+                let mut secret = crate::recovery::desired::regenerated_secret(
+                    &stale.secret,
+                    &stale.namespace,
+                    &stale.plan,
+                    &stale.service,
+                    |buffer| {
+                        getrandom::fill(buffer)
+                            .expect("the operating system's random generator is available")
+                    },
+                );
+                secret
+                    .annotations_mut()
+                    .insert(ROTATED_AT.to_owned(), now.to_string());
+                let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &stale.namespace);
+                api.patch(&stale.secret.name, &apply, &Patch::Apply(&secret))
+                    .await
+                    .map_err(kube_error(
+                        "rotate",
+                        format!("Secret {}/{}", stale.namespace, stale.secret.name),
+                    ))?;
+                publish(
+                    ctx,
+                    incident,
+                    EventType::Normal,
+                    "CredentialRotated",
+                    format!(
+                        "{}/{}: fresh values for {} keys (it predated the compromise)",
+                        stale.namespace,
+                        stale.secret.name,
+                        stale.secret.keys.len()
+                    ),
+                )
+                .await;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ignore_missing<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+async fn last_status(ctx: &Context, incident: &Incident) -> IncidentStatus {
+    match ctx.written.lock().await.get(&incident.name_any()) {
+        Some((uid, status)) if *uid == incident.uid() => status.clone(),
+        _ => incident.status.clone().unwrap_or_default(),
+    }
+}
+
+async fn write_status(
+    ctx: &Context,
+    incident: &Incident,
+    status: &IncidentStatus,
+) -> Result<(), Error> {
+    let name = incident.name_any();
+    let patch = json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "Incident", "status": status});
+    Api::<Incident>::all(ctx.client.clone())
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(kube_error("write status of", format!("Incident {name}")))?;
+    ctx.written
+        .lock()
+        .await
+        .insert(name, (incident.uid(), status.clone()));
+    Ok(())
+}
+
+async fn publish(ctx: &Context, incident: &Incident, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Respond".into(),
+        secondary: None,
+    };
+    // An event that cannot be written must not stop an incident response.
+    if let Err(error) = ctx
+        .recorder
+        .publish(&event, &incident.object_ref(&()))
+        .await
+    {
+        warn!(incident = %incident.name_any(), %error, "could not publish event");
+    }
+}

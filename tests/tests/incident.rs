@@ -1,0 +1,412 @@
+//! Incidents on the real control plane, with the operator that tests/run.sh runs: a drill
+//! rebuilds isolated copies and leaves nothing behind, and a real incident starts a plan
+//! that waits for it and rotates credentials older than the compromise.
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{ConfigMap, Namespace, Secret},
+    },
+    jiff::{Timestamp, Unit},
+};
+use kube::{
+    Api, ResourceExt,
+    api::ListParams,
+    runtime::{WatchStreamExt, wait::await_condition, watcher},
+};
+use resurgo::api::{
+    incident::{Incident, IncidentPhase, StepState},
+    recovery_plan::{PlanPhase, RecoveryPlan},
+};
+use resurgo_tests::{
+    apply, client, deployment, install_crds, job_spec, kubectl, kubectl_ok, unique_name,
+};
+use serde_json::{Value, json};
+
+fn plan(name: &str, namespaces: [&str; 3]) -> Value {
+    let [critical, booking, finance] = namespaces;
+    json!({
+        "apiVersion": "resurgo.dev/v1alpha1", "kind": "RecoveryPlan",
+        "metadata": {"name": name},
+        "spec": {
+            "trigger": "Incident",
+            "tiers": [
+                {"name": "life-critical", "rto": "15m"},
+                {"name": "finance", "rto": "24h"},
+                {"name": "booking", "rto": "72h"}
+            ],
+            "services": [
+                {"name": "dispatch", "tier": "life-critical", "namespace": critical,
+                 "workload": {"manifests": [deployment("dispatch", None)]},
+                 "regenerateSecrets": [{"name": "dispatch-db", "keys": ["password"]}]},
+                {"name": "ledger", "tier": "finance", "namespace": finance, "action": "Verify",
+                 "readiness": {"checks": [{"name": "balance", "spec": job_spec()}]}},
+                {"name": "cup", "tier": "booking", "namespace": booking, "dependsOn": ["dispatch", "ledger"],
+                 "workload": {"manifests": [deployment("cup", None)]}}
+            ]
+        }
+    })
+}
+
+fn incident(name: &str, plan: &str, mode: &str, compromised_since: &str) -> Value {
+    json!({
+        "apiVersion": "resurgo.dev/v1alpha1", "kind": "Incident",
+        "metadata": {"name": name},
+        "spec": {"mode": mode, "compromisedSince": compromised_since, "recoveryPlans": [plan]}
+    })
+}
+
+async fn until_incident(name: &str, what: &str, wanted: impl Fn(&Incident) -> bool) -> Incident {
+    let api: Api<Incident> = Api::all(client().await);
+    let matches = |i: Option<&Incident>| i.is_some_and(&wanted);
+    match tokio::time::timeout(
+        Duration::from_secs(90),
+        await_condition(api.clone(), name, matches),
+    )
+    .await
+    {
+        Ok(Ok(Some(incident))) => incident,
+        _ => panic!(
+            "incident/{name} never {what}: {:#?}",
+            api.get(name).await.ok().and_then(|i| i.status)
+        ),
+    }
+}
+
+fn phase(incident: &Incident) -> Option<IncidentPhase> {
+    incident.status.as_ref().and_then(|s| s.phase)
+}
+
+fn steps(incident: &Incident) -> Vec<(String, StepState)> {
+    incident
+        .status
+        .as_ref()
+        .map(|s| {
+            s.timeline
+                .iter()
+                .map(|e| (e.step.clone(), e.state))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn a_drill_rebuilds_isolated_copies_measures_them_and_cleans_up() {
+    install_crds().await;
+    let client = client().await;
+    let plan_name = unique_name("drilled");
+    let critical = unique_name("drill-src-critical");
+    let booking = unique_name("drill-src-booking");
+    let finance = unique_name("drill-src-finance");
+    // The finance data is real and must not be touched.
+    kubectl_ok(&["create", "namespace", &finance], None).unwrap();
+    kubectl_ok(
+        &[
+            "-n",
+            &finance,
+            "create",
+            "configmap",
+            "ledger",
+            "--from-literal=balance=42",
+        ],
+        None,
+    )
+    .unwrap();
+    let ledger_before = Api::<ConfigMap>::namespaced(client.clone(), &finance)
+        .get("ledger")
+        .await
+        .unwrap();
+    apply(&plan(&plan_name, [&critical, &booking, &finance]).to_string());
+
+    // Every Deployment the drill's copy creates, seen through one watch.
+    let copy_name = format!("drill-{plan_name}");
+    let deployments: Api<Deployment> = Api::all(client.clone());
+    let config = watcher::Config::default().labels(&format!("resurgo.dev/plan={copy_name}"));
+    let seen = tokio::spawn(async move {
+        let mut namespaces = Vec::new();
+        let mut stream = watcher(deployments, config).applied_objects().boxed();
+        while let Ok(Some(deployment)) = stream.try_next().await {
+            let namespace = deployment.namespace().unwrap_or_default();
+            if !namespaces.contains(&namespace) {
+                namespaces.push(namespace);
+            }
+            if namespaces.len() == 2 {
+                break;
+            }
+        }
+        namespaces
+    });
+
+    let name = unique_name("drill");
+    apply(&incident(&name, &plan_name, "Drill", "2021-07-31T00:00:00Z").to_string());
+    let done = until_incident(&name, "finished its drill", |i| {
+        matches!(
+            phase(i),
+            Some(IncidentPhase::Recovered | IncidentPhase::Failed)
+        )
+    })
+    .await;
+    let status = done.status.clone().unwrap();
+    assert_eq!(phase(&done), Some(IncidentPhase::Recovered), "{status:#?}");
+    assert_eq!(
+        steps(&done),
+        [
+            ("ChooseRestorePoints".to_owned(), StepState::Done),
+            ("Recover".to_owned(), StepState::Done),
+            ("CleanUp".to_owned(), StepState::Done),
+        ]
+    );
+    let recover = &status.timeline[1];
+    assert!(
+        recover.message.as_deref().unwrap().contains("recovered"),
+        "{recover:?}"
+    );
+
+    // The copies ran in prefixed namespaces, and were measured against the RTOs.
+    let mut copied = tokio::time::timeout(Duration::from_secs(5), seen)
+        .await
+        .expect("the watch saw both copies")
+        .unwrap();
+    copied.sort();
+    let mut expected = vec![format!("drill-{critical}"), format!("drill-{booking}")];
+    expected.sort();
+    assert_eq!(copied, expected);
+    let tiers: Vec<(&str, Option<bool>, bool)> = status
+        .tiers
+        .iter()
+        .map(|t| (t.tier.as_str(), t.met, t.time_to_ready.is_some()))
+        .collect();
+    assert_eq!(
+        tiers,
+        [
+            ("life-critical", Some(true), true),
+            ("booking", Some(true), true)
+        ],
+        "the verified-in-place finance tier is not drilled"
+    );
+    assert!(status.tiers.iter().all(|t| t.plan == plan_name));
+
+    // `resurgo status --incident` shows the same: the steps and the measured tiers.
+    let view = std::process::Command::new(resurgo_tests::resurgo_bin("resurgo"))
+        .args(["status", "--incident", &name, "-o", "json"])
+        .output()
+        .expect("run resurgo status");
+    assert!(
+        view.status.success(),
+        "{}",
+        String::from_utf8_lossy(&view.stderr)
+    );
+    let view: Value = serde_json::from_slice(&view.stdout).expect("JSON");
+    assert_eq!(view["phase"], json!("Recovered"));
+    assert_eq!(view["mode"], json!("Drill"));
+    assert_eq!(view["timeline"][2]["step"], json!("CleanUp"));
+    assert_eq!(view["tiers"][0]["tier"], json!("life-critical"));
+
+    // Nothing is left: the copy and its namespaces are gone.
+    let plans: Api<RecoveryPlan> = Api::all(client.clone());
+    assert!(plans.get_opt(&copy_name).await.unwrap().is_none());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for copy in &expected {
+        let gone = tokio::time::timeout(
+            Duration::from_secs(60),
+            await_condition(namespaces.clone(), copy, |n: Option<&Namespace>| {
+                n.is_none()
+            }),
+        )
+        .await;
+        assert!(gone.is_ok(), "namespace {copy} was not removed");
+    }
+
+    // And the real side was never touched: the plan still waits, its namespaces were never
+    // created, and the finance data is as it was.
+    let real = plans.get(&plan_name).await.unwrap();
+    let real_status = real.status.unwrap();
+    assert_eq!(real_status.phase, Some(PlanPhase::Pending));
+    assert!(real_status.services.iter().all(|s| s.started.is_none()));
+    for namespace in [&critical, &booking] {
+        assert!(namespaces.get_opt(namespace).await.unwrap().is_none());
+    }
+    let ledger_after = Api::<ConfigMap>::namespaced(client.clone(), &finance)
+        .get("ledger")
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger_after.resource_version(),
+        ledger_before.resource_version()
+    );
+    let jobs = kubectl_ok(&["-n", &finance, "get", "jobs", "-o", "name"], None).unwrap();
+    assert_eq!(jobs, "", "a drill ran checks in a real namespace");
+
+    let _ = kubectl(&["delete", "incident", &name, "--wait=false"], None);
+    let _ = kubectl(
+        &["delete", "recoveryplan", &plan_name, "--wait=false"],
+        None,
+    );
+    let _ = kubectl(&["delete", "namespace", &finance, "--wait=false"], None);
+}
+
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn a_real_incident_starts_its_plan_and_rotates_credentials_older_than_the_compromise() {
+    install_crds().await;
+    let client = client().await;
+    let plan_name = unique_name("incident-plan");
+    let critical = unique_name("inc-critical");
+    let booking = unique_name("inc-booking");
+    let finance = unique_name("inc-finance");
+    kubectl_ok(&["create", "namespace", &finance], None).unwrap();
+    kubectl_ok(&["create", "namespace", &critical], None).unwrap();
+    // A credential left over from before the attack, marked as the plan's own: the
+    // rebuild keeps it, the incident must not.
+    apply(
+        &json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "dispatch-db", "namespace": critical,
+                         "labels": {"resurgo.dev/plan": plan_name}},
+            "stringData": {"password": "before-the-attack"}
+        })
+        .to_string(),
+    );
+    let spec = plan(&plan_name, [&critical, &booking, &finance]);
+    apply(&spec.to_string());
+
+    // Without an incident the plan creates nothing and says what it waits for.
+    let plans: Api<RecoveryPlan> = Api::all(client.clone());
+    let waiting = tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(plans.clone(), &plan_name, |p: Option<&RecoveryPlan>| {
+            p.and_then(|p| p.status.as_ref()).is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Progressing" && c.reason == "WaitingForIncident")
+            })
+        }),
+    )
+    .await;
+    assert!(
+        waiting.is_ok(),
+        "the plan never said it waits for an incident"
+    );
+    let deployments: Api<Deployment> = Api::all(client.clone());
+    let ours = ListParams::default().labels(&format!("resurgo.dev/plan={plan_name}"));
+    assert!(deployments.list(&ours).await.unwrap().items.is_empty());
+
+    // The compromise came after the leftover credential was made.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let compromised_since = Timestamp::now().round(Unit::Second).unwrap().to_string();
+    let name = unique_name("ransomware");
+    apply(&incident(&name, &plan_name, "Real", &compromised_since).to_string());
+    let recovered = until_incident(&name, "recovered", |i| {
+        matches!(
+            phase(i),
+            Some(IncidentPhase::Recovered | IncidentPhase::Failed)
+        )
+    })
+    .await;
+    let status = recovered.status.clone().unwrap();
+    assert_eq!(
+        phase(&recovered),
+        Some(IncidentPhase::Recovered),
+        "{status:#?}"
+    );
+    let order: Vec<&str> = status.timeline.iter().map(|e| e.step.as_str()).collect();
+    assert_eq!(
+        order,
+        [
+            "Lockdown",
+            "FreezePruning",
+            "ChooseRestorePoints",
+            "Recover",
+            "RotateCredentials"
+        ]
+    );
+    assert!(status.timeline.iter().all(|e| e.state == StepState::Done));
+    assert!(
+        status
+            .timeline
+            .windows(2)
+            .all(|w| w[0].finished.as_ref().unwrap().0 <= w[1].started.0),
+        "a step started before the one before it finished: {:#?}",
+        status.timeline
+    );
+    // The plan started only once the incident reached its Recover step.
+    let plan = plans.get(&plan_name).await.unwrap();
+    let recover_started = status.timeline[3].started.0;
+    let first_start = plan
+        .status
+        .as_ref()
+        .unwrap()
+        .services
+        .iter()
+        .filter_map(|s| s.started.as_ref().map(|t| t.0))
+        .min()
+        .unwrap();
+    // Both times are to the second, as the API stores them.
+    assert!(
+        first_start >= recover_started,
+        "the plan started at {first_start}, before the Recover step at {recover_started}"
+    );
+    assert_eq!(plan.status.unwrap().phase, Some(PlanPhase::Recovered));
+    assert_eq!(status.tiers.len(), 3, "{:#?}", status.tiers);
+
+    // The leftover credential was rotated; the value is new and says when.
+    let secret = Api::<Secret>::namespaced(client.clone(), &critical)
+        .get("dispatch-db")
+        .await
+        .unwrap();
+    let password = secret.data.as_ref().unwrap()["password"].0.clone();
+    assert_ne!(password, b"before-the-attack");
+    assert_eq!(password.len(), 64, "32 random bytes, hex");
+    assert!(secret.annotations().contains_key("resurgo.dev/rotated-at"));
+    let events = kubectl_ok(
+        &[
+            "get",
+            "events",
+            "-A",
+            "--field-selector",
+            &format!(
+                "involvedObject.kind=Incident,involvedObject.name={name},reason=CredentialRotated"
+            ),
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+        None,
+    )
+    .unwrap();
+    assert!(
+        events.contains(&format!("{critical}/dispatch-db")),
+        "{events:?}"
+    );
+    assert!(!events.contains("before-the-attack"));
+
+    // Closing the incident ends it.
+    let mut closed = incident(&name, &plan_name, "Real", &compromised_since);
+    closed["spec"]["state"] = json!("Closed");
+    apply(&closed.to_string());
+    let closed = until_incident(&name, "closed", |i| phase(i) == Some(IncidentPhase::Closed)).await;
+    let order: Vec<String> = steps(&closed).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(&order[5..], ["LiftLockdown", "UnfreezePruning"]);
+    kubectl_ok(
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "--timeout=10s",
+            &format!("incident/{name}"),
+        ],
+        None,
+    )
+    .unwrap();
+
+    let _ = kubectl(&["delete", "incident", &name, "--wait=false"], None);
+    let _ = kubectl(
+        &["delete", "recoveryplan", &plan_name, "--wait=false"],
+        None,
+    );
+    for namespace in [&critical, &booking, &finance] {
+        let _ = kubectl(&["delete", "namespace", namespace, "--wait=false"], None);
+    }
+}
