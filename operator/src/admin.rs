@@ -5,8 +5,9 @@
 //!   replica that lost its Lease exits instead of reporting unhealthy, so the kubelet
 //!   restarts it either way.
 //! - `/readyz` answers 200 when this replica is doing its job: it is a standby waiting for
-//!   the Lease, or it leads and every controller has filled its caches. It answers 503 while
-//!   it starts (before the first Lease attempt, or while caches fill) and while it stops.
+//!   the Lease, or it leads and every controller has listed the kind it reconciles. It
+//!   answers 503 while it starts (before the first Lease attempt, or before those lists are
+//!   in) and while it stops.
 //!   A standby is ready on purpose: the operator serves no traffic, readiness only tells a
 //!   rollout that the new pod is up, and a rollout that waited for a standby to lead would
 //!   never finish.
@@ -75,6 +76,11 @@ impl Health {
         self.lock().controllers.insert(name, true);
     }
 
+    /// Whether every controller has filled its caches.
+    pub fn controllers_ready(&self) -> bool {
+        self.lock().controllers.values().all(|ready| *ready)
+    }
+
     /// Whether `/readyz` says 200, and why not.
     pub fn ready(&self) -> Result<(), String> {
         let state = self.lock();
@@ -92,7 +98,7 @@ impl Health {
                 if waiting.is_empty() {
                     Ok(())
                 } else {
-                    Err(format!("caches not filled yet: {}", waiting.join(", ")))
+                    Err(format!("kinds not listed yet: {}", waiting.join(", ")))
                 }
             }
         }
@@ -166,17 +172,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_standby_is_ready_and_a_leader_only_once_its_caches_are_filled() {
+    fn a_standby_is_ready_and_a_leader_only_once_its_controllers_listed_their_kinds() {
         let health = Health::default();
         health.expect_controller("recovery");
         assert!(health.ready().is_err(), "starting");
         health.set_role(Role::Standby);
         assert_eq!(health.ready(), Ok(()));
         health.set_role(Role::Leading);
-        assert_eq!(
-            health.ready(),
-            Err("caches not filled yet: recovery".into())
-        );
+        assert_eq!(health.ready(), Err("kinds not listed yet: recovery".into()));
         health.controller_ready("recovery");
         assert_eq!(health.ready(), Ok(()));
         health.set_role(Role::Stopping);

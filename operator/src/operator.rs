@@ -9,14 +9,14 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use clap::ValueEnum;
-use futures::{FutureExt, future::BoxFuture};
+use futures::{FutureExt, StreamExt, future::BoxFuture};
 use kube::{
     Api, Client,
     api::ListParams,
-    runtime::{reflector::Store, watcher},
+    runtime::{WatchStreamExt, watcher},
 };
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::{
@@ -85,7 +85,7 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     selector: Option<String>,
     health: Arc<Health>,
-    /// The controller this copy was made for (see [`Shared::caches_filled`]).
+    /// The controller this copy was made for (see [`Shared::kind_listed`]).
     controller: &'static str,
     stop: watch::Receiver<bool>,
 }
@@ -111,30 +111,41 @@ impl Shared {
         }
     }
 
-    /// Reports this controller ready on `/readyz` once `store` (its controller's cache of
-    /// the kind it reconciles) is filled.
-    pub fn caches_filled<K>(&self, store: Store<K>)
+    /// Reports this controller ready on `/readyz` once the kind it reconciles has been
+    /// listed in full with [`Shared::watch_config`], as its Controller lists it at start (so
+    /// permissions and selector work). A watch of its own: waiting on the Controller's
+    /// Store would take the Store's only wake-up away from the Controller, which waits on it
+    /// too.
+    pub fn kind_listed<K>(&self, api: Api<K>)
     where
-        K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
     {
         let health = self.health.clone();
         let name = self.controller;
+        let config = self.watch_config();
+        let mut stop = self.stop.clone();
         tokio::spawn(async move {
-            // The readiness signal of a Store wakes only its last waiter, and the Controller
-            // waits on it too: look again every so often instead of waiting once.
+            let mut events = watcher(api, config).default_backoff().boxed();
             loop {
-                match tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready())
-                    .await
-                {
-                    Ok(Ok(())) => break health.controller_ready(name),
-                    Ok(Err(_)) => break,
-                    Err(_) => continue,
+                tokio::select! {
+                    event = events.next() => match event {
+                        Some(Ok(watcher::Event::InitDone)) => break health.controller_ready(name),
+                        Some(_) => {}
+                        None => break,
+                    },
+                    _ = stop.wait_for(|stopped| *stopped) => break,
                 }
             }
         });
     }
 
-    /// A copy for the controller `name`, which [`Shared::caches_filled`] will report ready.
+    /// A copy for the controller `name`, which [`Shared::kind_listed`] will report ready.
     fn for_controller(&self, name: &'static str) -> Self {
         self.health.expect_controller(name);
         Self {
@@ -152,6 +163,10 @@ fn controllers(shared: &Shared) -> Vec<BoxFuture<'static, ()>> {
         crate::incident::run(shared.for_controller("incident")).boxed(),
     ]
 }
+
+/// How long in-flight reconciles may take to finish after SIGTERM: less than the chart's
+/// terminationGracePeriodSeconds (30), so the Lease is released before the kubelet kills.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// Runs the operator until it is told to stop.
 pub fn run(options: Options) -> Result<(), StartError> {
@@ -184,6 +199,14 @@ async fn operate(options: Options) -> Result<(), StartError> {
                 source,
             })?;
     }
+    // Before /healthz answers: a SIGTERM from then on stops the operator cleanly.
+    let signal = shutdown_signal();
+    let (stop_sender, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        signal.await;
+        info!("stopping");
+        let _ = stop_sender.send(true);
+    });
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let listener = tokio::net::TcpListener::bind(options.metrics_addr)
@@ -195,12 +218,6 @@ async fn operate(options: Options) -> Result<(), StartError> {
     info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
     tokio::spawn(admin::serve(listener, metrics.clone(), health.clone()));
 
-    let (stop_sender, stop) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        info!("stopping");
-        let _ = stop_sender.send(true);
-    });
     let shared = Shared {
         client: client.clone(),
         metrics: metrics.clone(),
@@ -248,12 +265,39 @@ async fn operate(options: Options) -> Result<(), StartError> {
         })
     });
 
-    let all = futures::future::join_all(controllers(&shared));
+    // Stopped before anything started: a kube-runtime Controller given a shutdown that
+    // already happened would wait forever for its first list.
+    let stopping = *shared.stop.borrow();
+    let all = futures::future::join_all(if stopping {
+        Vec::new()
+    } else {
+        controllers(&shared)
+    });
+    tokio::pin!(all);
     tokio::select! {
-        _ = all => {}
+        _ = &mut all => {}
         Some(why) = lost.recv() => {
             error!(%why, "lost leadership: exiting");
             return Err(StartError::Lost(why));
+        }
+        () = shared.shutdown() => {
+            // A kube-runtime Controller stopped before its first list is in may never
+            // return: it holds its reconciles until its cache is ready, and the watch that
+            // fills it stops with the shutdown. Before every controller has listed its kind
+            // nothing is in flight, so they are dropped; after, in-flight reconciles get
+            // SHUTDOWN_GRACE to finish (a reconcile cut short is resumed by the next leader).
+            if health.controllers_ready() {
+                tokio::select! {
+                    _ = &mut all => {}
+                    Some(why) = lost.recv() => {
+                        error!(%why, "lost leadership: exiting");
+                        return Err(StartError::Lost(why));
+                    }
+                    () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+                        warn!("reconciles still running after {SHUTDOWN_GRACE:?}: stopping anyway");
+                    }
+                }
+            }
         }
     }
     health.set_role(Role::Stopping);
@@ -269,17 +313,21 @@ async fn operate(options: Options) -> Result<(), StartError> {
 
 /// Completes on SIGTERM (how Kubernetes stops a pod) or Ctrl-C. In-flight reconciles then
 /// finish; every step they take is idempotent, so one cut short resumes on the next start.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+/// SIGTERM is caught from the moment this is called, not from the first poll.
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    async move {
+        let terminate = async {
+            match terminate {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
     }
 }

@@ -833,3 +833,31 @@ async fn a_leader_that_finds_its_lease_taken_stops_at_once() {
     assert!(leader.log().contains("lost leadership"), "{}", leader.log());
     cleanup(&account, "none");
 }
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn an_operator_stopped_while_it_starts_exits_at_once() {
+    install_crds().await;
+    let id = unique_name("early-stop");
+    let account = install_chart_account(&id, &format!("{id}-lease"));
+    let mut operator = Operator::start(&account, &id, &format!("{id}-operator"), &[]);
+    // SIGTERM as soon as it answers, while its controllers fill their caches: kube-runtime
+    // controllers stopped then would wait for those caches forever.
+    operator.until_answers("/healthz", 200).await;
+    assert!(kill(operator.child.id(), "-TERM"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = operator.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still running 10 s after SIGTERM:\n{}",
+            operator.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit}:\n{}", operator.log());
+    assert!(operator.log().contains("stopping"), "{}", operator.log());
+    cleanup(&account, "none");
+}

@@ -137,7 +137,7 @@ pub async fn run(shared: Shared) {
     });
     let controller = Controller::new(Api::<Incident>::all(client.clone()), shared.watch_config());
     let incidents = controller.store();
-    shared.caches_filled(incidents.clone());
+    shared.kind_listed(Api::<Incident>::all(client.clone()));
     let naming_policy = incidents.clone();
     let naming_plan = incidents.clone();
     let all_open = incidents.clone();

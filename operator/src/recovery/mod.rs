@@ -187,7 +187,7 @@ pub async fn run(shared: Shared) {
         Api::<RecoveryPlan>::all(client.clone()),
         shared.watch_config(),
     );
-    shared.caches_filled(controller.store());
+    shared.kind_listed(Api::<RecoveryPlan>::all(client.clone()));
     controller
         .watches(
             Api::<Deployment>::all(client.clone()),
