@@ -51,7 +51,7 @@ target/debug/resurgo crd | kubectl apply --server-side -f -
 kubectl wait --for=condition=Established --timeout=60s -f crds/
 
 say "Starting the operator (log: $work/operator.log)"
-target/debug/resurgo run >"$work/operator.log" 2>&1 &
+target/debug/resurgo run --metrics-addr 127.0.0.1:0 >"$work/operator.log" 2>&1 &
 operator=$!
 
 say "Applying the Lazio scenario: stores, schedules, access policy"

@@ -71,7 +71,12 @@ log "MinIO running at $RESURGO_MINIO_ENDPOINT (pid $minio)"
 kubectl apply --server-side --field-manager=resurgo-tests -f crds/ >/dev/null
 kubectl wait --for=condition=Established --timeout=60s -f crds/ >/dev/null
 export RESURGO_OPERATOR_LOG="$work/operator.log"
-RUST_LOG=${RUST_LOG:-warn,resurgo=debug} target/debug/resurgo run >"$RESURGO_OPERATOR_LOG" 2>&1 &
+# It leaves alone the plans labelled resurgo.dev/test-operator: tests that start their own
+# operators (tests/tests/operations.rs, with the chart's RBAC, or two replicas electing a
+# leader) label their plans so, and select them with resurgo.dev/test-operator=<id>.
+# Its metrics go to any free port, so that runs in parallel do not collide.
+RUST_LOG=${RUST_LOG:-warn,resurgo=debug} target/debug/resurgo run \
+  --selector '!resurgo.dev/test-operator' --metrics-addr 127.0.0.1:0 >"$RESURGO_OPERATOR_LOG" 2>&1 &
 operator=$!
 log "operator running (pid $operator, log $RESURGO_OPERATOR_LOG)"
 

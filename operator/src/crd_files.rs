@@ -43,12 +43,25 @@ mod tests {
     /// apply those files, so a type change without regenerating them would ship a stale API.
     #[test]
     fn crds_directory_is_up_to_date() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+        assert_generated("crds");
+    }
+
+    /// The Helm chart ships its own copy (Helm does not package symlinks reliably), which
+    /// must not drift from crds/.
+    #[test]
+    fn chart_crds_are_up_to_date() {
+        assert_generated("charts/resurgo/crds");
+    }
+
+    fn assert_generated(relative: &str) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(relative);
         let files = render().expect("render CRDs");
         let mut expected: Vec<String> = files.iter().map(|f| f.file_name.clone()).collect();
         expected.sort();
         let mut present: Vec<String> = std::fs::read_dir(&dir)
-            .expect("read crds/")
+            .unwrap_or_else(|error| panic!("read {relative}/: {error}"))
             .map(|entry| {
                 entry
                     .expect("dir entry")
@@ -60,14 +73,14 @@ mod tests {
         present.sort();
         assert_eq!(
             present, expected,
-            "crds/ holds other files than the generated ones; run `cargo run -p resurgo -- crd --out-dir crds`"
+            "{relative}/ holds other files than the generated ones; run `cargo run -p resurgo -- crd --out-dir {relative}`"
         );
         for file in files {
             let on_disk =
                 std::fs::read_to_string(dir.join(&file.file_name)).expect("read CRD file");
             assert!(
                 on_disk == file.contents,
-                "crds/{} is stale; run `cargo run -p resurgo -- crd --out-dir crds`",
+                "{relative}/{} is stale; run `cargo run -p resurgo -- crd --out-dir {relative}`",
                 file.file_name
             );
         }

@@ -9,12 +9,15 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod access;
+pub mod admin;
 pub mod api;
 pub mod backup;
 pub mod conditions;
 pub mod crd_files;
 pub mod incident;
 pub mod labels;
+pub mod leader;
+pub mod metrics;
 pub mod operator;
 pub mod planner;
 pub mod recovery;

@@ -26,6 +26,44 @@ enum Command {
         /// How to write log lines.
         #[arg(long, value_enum, env = "RESURGO_LOG_FORMAT", default_value = "text")]
         log_format: resurgo::operator::LogFormat,
+        /// Reconcile only the Resurgo objects matching this label selector, such as
+        /// `!resurgo.dev/test-operator` or `team=platform`, so that several operators can
+        /// share a cluster. Default: all of them.
+        #[arg(long, value_name = "LABEL_SELECTOR", env = "RESURGO_SELECTOR")]
+        selector: Option<String>,
+        /// Where to serve /metrics, /healthz and /readyz (port 0: any free port, logged).
+        #[arg(
+            long,
+            value_name = "ADDR",
+            env = "RESURGO_METRICS_ADDR",
+            default_value = "0.0.0.0:8080"
+        )]
+        metrics_addr: std::net::SocketAddr,
+        /// Run the controllers only while holding a coordination.k8s.io Lease, so that of
+        /// several replicas exactly one acts. Off by default; the Helm chart turns it on.
+        #[arg(long, env = "RESURGO_LEADER_ELECTION")]
+        leader_election: bool,
+        /// The name of that Lease.
+        #[arg(
+            long,
+            value_name = "NAME",
+            env = "RESURGO_LEASE_NAME",
+            default_value = "resurgo-leader"
+        )]
+        lease_name: String,
+        /// The namespace of that Lease. Default: the pod's own (POD_NAMESPACE), else the
+        /// kubeconfig's namespace.
+        #[arg(long, value_name = "NAMESPACE", env = "POD_NAMESPACE")]
+        lease_namespace: Option<String>,
+        /// How long a leader that stopped renewing keeps the Lease, in seconds: the longest
+        /// a standby waits before it takes over from a replica that died (at least 3).
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            env = "RESURGO_LEASE_DURATION",
+            default_value_t = 15
+        )]
+        lease_duration: u64,
     },
     /// Print the CustomResourceDefinitions of every Resurgo kind as YAML.
     Crd {
@@ -48,9 +86,25 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { log_format } => {
-            resurgo::operator::run(log_format).map_err(CliError::Operator)
-        }
+        Command::Run {
+            log_format,
+            selector,
+            metrics_addr,
+            leader_election,
+            lease_name,
+            lease_namespace,
+            lease_duration,
+        } => resurgo::operator::run(resurgo::operator::Options {
+            log_format,
+            selector: selector.filter(|s| !s.is_empty()),
+            metrics_addr,
+            leader_election: leader_election.then(|| resurgo::operator::LeaseOptions {
+                name: lease_name,
+                namespace: lease_namespace.filter(|n| !n.is_empty()),
+                duration: std::time::Duration::from_secs(lease_duration.max(3)),
+            }),
+        })
+        .map_err(CliError::Operator),
         Command::Crd { out_dir } => crd(out_dir),
         Command::Plan { path } => plan(&path),
         Command::Status(args) => resurgo::status_view::run(args).map_err(CliError::Status),

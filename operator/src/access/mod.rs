@@ -39,9 +39,9 @@ pub mod lockdown;
 pub mod saved;
 mod status;
 
+use crate::operator::Shared;
 use std::{
     collections::{BTreeMap, BTreeSet},
-    future::Future,
     sync::Arc,
     time::Duration as StdDuration,
 };
@@ -129,8 +129,11 @@ pub struct Context {
     namespace: String,
 }
 
-/// Runs the controller until `shutdown` completes.
-pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+/// Runs the controller until the operator stops.
+pub async fn run(shared: Shared) {
+    let client = shared.client.clone();
+    shared.kind_listed(Api::<AccessPolicy>::all(client.clone()));
+    let metrics = shared.metrics.clone();
     let reporter = Reporter {
         controller: "resurgo".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -142,7 +145,7 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
     });
     let controller = Controller::new(
         Api::<AccessPolicy>::all(client.clone()),
-        watcher::Config::default(),
+        shared.watch_config(),
     );
     let policies = controller.store();
     let (for_rb, for_crb, for_ns) = (policies.clone(), policies.clone(), policies);
@@ -181,8 +184,12 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
             watcher::Config::default(),
             move |ns| naming(&for_ns, &ns.name_any()),
         )
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(shared.shutdown())
         .run(reconcile, error_policy, context)
+        .inspect(move |result| match result {
+            Ok(_) => metrics.reconciled("AccessPolicy"),
+            Err(_) => metrics.reconcile_failed("AccessPolicy"),
+        })
         .for_each(|result| async move {
             match result {
                 Ok((policy, _)) => tracing::debug!(policy = %policy.name, "reconciled"),

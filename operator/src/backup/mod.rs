@@ -58,9 +58,6 @@ pub mod schedule;
 pub mod selection;
 pub mod store;
 
-use std::future::Future;
-
-use futures::FutureExt;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp};
 use kube::{
     Client,
@@ -138,14 +135,4 @@ pub(crate) fn conditions(
             }
         })
         .collect()
-}
-
-/// Runs the three backup controllers until `shutdown` completes.
-pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
-    let shutdown = shutdown.shared();
-    tokio::join!(
-        run_backup::run(client.clone(), shutdown.clone()),
-        schedule::run(client.clone(), shutdown.clone()),
-        probe::run(client, shutdown),
-    );
 }

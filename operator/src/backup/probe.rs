@@ -8,14 +8,15 @@
 //! so there the probe tries to delete the probe object's version, which object lock refuses.
 //! Object lock is read from the bucket's configuration; a filesystem never locks.
 
-use std::{collections::BTreeSet, future::Future, sync::Arc, sync::Mutex, time::Duration};
+use crate::operator::Shared;
+use std::{collections::BTreeSet, sync::Arc, sync::Mutex, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{Controller, controller::Action, watcher},
+    runtime::{Controller, controller::Action},
 };
 use serde_json::json;
 use tracing::{info, warn};
@@ -32,18 +33,27 @@ pub struct Context {
     probed: Mutex<BTreeSet<(String, i64)>>,
 }
 
-pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+/// Runs the controller until the operator stops.
+pub async fn run(shared: Shared) {
+    let client = shared.client.clone();
+    shared.kind_listed(Api::<BackupStore>::all(client.clone()));
+    let metrics = shared.metrics.clone();
     let context = Arc::new(Context {
         client: client.clone(),
         probed: Mutex::default(),
     });
-    Controller::new(Api::<BackupStore>::all(client), watcher::Config::default())
-        .graceful_shutdown_on(shutdown)
+    Controller::new(Api::<BackupStore>::all(client), shared.watch_config())
+        .graceful_shutdown_on(shared.shutdown())
         .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                warn!(%error, "store reconcile failed");
+        .for_each(|result| {
+            match result {
+                Ok(_) => metrics.reconciled("BackupStore"),
+                Err(error) => {
+                    metrics.reconcile_failed("BackupStore");
+                    warn!(%error, "store reconcile failed");
+                }
             }
+            futures::future::ready(())
         })
         .await;
 }

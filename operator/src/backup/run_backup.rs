@@ -2,9 +2,9 @@
 //! (manifest, age encryption) and writes them to its store without ever overwriting, then
 //! records what it wrote. A backup that cannot be made safely fails with the reason.
 
+use crate::operator::Shared;
 use std::{
     collections::BTreeMap,
-    future::Future,
     sync::{Arc, Mutex},
     time::Duration as StdDuration,
 };
@@ -18,7 +18,6 @@ use kube::{
         Controller,
         controller::Action,
         events::{Event, EventType, Recorder},
-        watcher,
     },
 };
 use serde_json::json;
@@ -40,19 +39,28 @@ pub struct Context {
     finished: Mutex<BTreeMap<String, BackupPhase>>,
 }
 
-pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+/// Runs the controller until the operator stops.
+pub async fn run(shared: Shared) {
+    let client = shared.client.clone();
+    shared.kind_listed(Api::<Backup>::all(client.clone()));
+    let metrics = shared.metrics.clone();
     let context = Arc::new(Context {
         recorder: super::recorder(&client),
         client: client.clone(),
         finished: Mutex::default(),
     });
-    Controller::new(Api::<Backup>::all(client), watcher::Config::default())
-        .graceful_shutdown_on(shutdown)
+    Controller::new(Api::<Backup>::all(client), shared.watch_config())
+        .graceful_shutdown_on(shared.shutdown())
         .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                warn!(%error, "backup reconcile failed");
+        .for_each(|result| {
+            match result {
+                Ok(_) => metrics.reconciled("Backup"),
+                Err(error) => {
+                    metrics.reconcile_failed("Backup");
+                    warn!(%error, "backup reconcile failed");
+                }
             }
+            futures::future::ready(())
         })
         .await;
 }

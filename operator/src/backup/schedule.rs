@@ -1,9 +1,9 @@
 //! The BackupSchedule controller: creates a Backup when a run is due (a requeue at the next
 //! run time, never a poll), and applies retention when its backups change.
 
+use crate::operator::Shared;
 use std::{
     collections::BTreeMap,
-    future::Future,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -44,7 +44,11 @@ pub struct Context {
     written: Mutex<BTreeMap<String, BackupScheduleStatus>>,
 }
 
-pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+/// Runs the controller until the operator stops.
+pub async fn run(shared: Shared) {
+    let client = shared.client.clone();
+    shared.kind_listed(Api::<BackupSchedule>::all(client.clone()));
+    let metrics = shared.metrics.clone();
     let context = Arc::new(Context {
         recorder: super::recorder(&client),
         client: client.clone(),
@@ -52,7 +56,7 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
     });
     let controller = Controller::new(
         Api::<BackupSchedule>::all(client.clone()),
-        watcher::Config::default(),
+        shared.watch_config(),
     );
     let schedules = controller.store();
     controller
@@ -79,12 +83,17 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
                     .collect::<Vec<_>>()
             },
         )
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(shared.shutdown())
         .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                warn!(%error, "schedule reconcile failed");
+        .for_each(|result| {
+            match result {
+                Ok(_) => metrics.reconciled("BackupSchedule"),
+                Err(error) => {
+                    metrics.reconcile_failed("BackupSchedule");
+                    warn!(%error, "schedule reconcile failed");
+                }
             }
+            futures::future::ready(())
         })
         .await;
 }

@@ -111,16 +111,22 @@ pub fn copy(
     Ok(RecoveryPlan {
         metadata: ObjectMeta {
             name: Some(name),
+            // The incident's own labels too: an operator started with `--selector` that
+            // picked the incident must pick its copies.
             labels: Some(
-                [
-                    (labels::INCIDENT.to_owned(), incident_name),
-                    (labels::SOURCE_PLAN.to_owned(), plan_name),
-                    (
-                        "app.kubernetes.io/managed-by".to_owned(),
-                        labels::MANAGED_BY.to_owned(),
-                    ),
-                ]
-                .into(),
+                incident
+                    .labels()
+                    .clone()
+                    .into_iter()
+                    .chain([
+                        (labels::INCIDENT.to_owned(), incident_name),
+                        (labels::SOURCE_PLAN.to_owned(), plan_name),
+                        (
+                            labels::MANAGED_BY_KEY.to_owned(),
+                            labels::MANAGED_BY.to_owned(),
+                        ),
+                    ])
+                    .collect(),
             ),
             owner_references: incident.controller_owner_ref(&()).map(|o| vec![o]),
             ..Default::default()

@@ -20,7 +20,7 @@ pub mod checks;
 pub mod drill;
 pub mod timeline;
 
-use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration as StdDuration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration as StdDuration};
 
 use futures::StreamExt;
 use k8s_openapi::{
@@ -61,6 +61,8 @@ use crate::{
     backup,
     conditions::conditions,
     labels::{self, FIELD_MANAGER},
+    metrics::Metrics,
+    operator::Shared,
 };
 
 /// Annotation recording when the operator last gave a Secret fresh values.
@@ -98,6 +100,7 @@ fn kube_error(
 pub struct Context {
     client: Client,
     recorder: Recorder,
+    metrics: Arc<Metrics>,
     /// The last status written per incident, with its uid: the watch cache can lag behind
     /// it, and a step must not start twice.
     written: Mutex<BTreeMap<String, (Option<String>, IncidentStatus)>>,
@@ -121,7 +124,8 @@ pub fn is_open_real(incident: &Incident) -> bool {
 }
 
 /// Runs the controller until `shutdown` completes.
-pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(shared: Shared) {
+    let client = shared.client.clone();
     let reporter = Reporter {
         controller: "resurgo".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -129,13 +133,12 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
     let context = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
+        metrics: shared.metrics.clone(),
         written: Mutex::default(),
     });
-    let controller = Controller::new(
-        Api::<Incident>::all(client.clone()),
-        watcher::Config::default(),
-    );
+    let controller = Controller::new(Api::<Incident>::all(client.clone()), shared.watch_config());
     let incidents = controller.store();
+    shared.kind_listed(Api::<Incident>::all(client.clone()));
     let naming_policy = incidents.clone();
     let naming_plan = incidents.clone();
     let all_open = incidents.clone();
@@ -187,7 +190,7 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
             watcher::Config::default().labels(labels::PLAN),
             move |_| refs(&cleaning, |i| running(i, Step::CleanUp)),
         )
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(shared.shutdown())
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             match result {
@@ -225,12 +228,14 @@ fn running(incident: &Incident, step: Step) -> bool {
     step_state(incident, step) == Some(StepState::Running)
 }
 
-fn error_policy(incident: Arc<Incident>, error: &Error, _: Arc<Context>) -> Action {
+fn error_policy(incident: Arc<Incident>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed("Incident");
     warn!(incident = %incident.name_any(), %error, "will retry");
     Action::requeue(StdDuration::from_secs(5))
 }
 
 async fn reconcile(incident: Arc<Incident>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciled("Incident");
     let previous = last_status(&ctx, &incident).await;
     let mut status = previous.clone();
     for _ in 0..MAX_ROUNDS {

@@ -16,7 +16,7 @@ mod status;
 
 use status::Hold;
 
-use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration as StdDuration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration as StdDuration};
 
 use futures::StreamExt;
 use k8s_openapi::{
@@ -36,7 +36,7 @@ use kube::{
     discovery::{self, Scope},
     runtime::{
         Controller,
-        controller::Action,
+        controller::{self, Action},
         events::{Event, EventType, Recorder, Reporter},
         reflector::{self, ObjectRef, Store},
         watcher,
@@ -56,6 +56,8 @@ use crate::{
     },
     incident,
     labels::{self, FIELD_MANAGER},
+    metrics::Metrics,
+    operator::Shared,
     planner::{self, ServiceProgress},
     yaml,
 };
@@ -93,6 +95,7 @@ fn kube_error(
 pub struct Context {
     client: Client,
     recorder: Recorder,
+    metrics: Arc<Metrics>,
     /// API resources of the kinds found in workloads, discovered once each.
     kinds: Mutex<BTreeMap<String, (ApiResource, Scope)>>,
     /// The last status written per plan, with the plan's uid (see [`last_status`]).
@@ -159,8 +162,12 @@ where
     reader
 }
 
-/// Runs the controller until `shutdown` completes.
-pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+/// The kind this controller reconciles, as its metrics name it.
+const KIND: &str = "RecoveryPlan";
+
+/// Runs the controller until the operator stops.
+pub async fn run(shared: Shared) {
+    let client = shared.client.clone();
     let reporter = Reporter {
         controller: "resurgo".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -168,6 +175,7 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
     let context = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
+        metrics: shared.metrics.clone(),
         kinds: Mutex::default(),
         written: Mutex::default(),
         created: Created {
@@ -178,44 +186,50 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
         restore_points: Mutex::default(),
     });
     let ours = watcher::Config::default().labels(labels::PLAN);
-    Controller::new(
+    let controller = Controller::new(
         Api::<RecoveryPlan>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .watches(
-        Api::<Deployment>::all(client.clone()),
-        ours.clone(),
-        plan_of,
-    )
-    .watches(
-        Api::<StatefulSet>::all(client.clone()),
-        ours.clone(),
-        plan_of,
-    )
-    .watches(Api::<DaemonSet>::all(client.clone()), ours.clone(), plan_of)
-    .watches(Api::<Job>::all(client.clone()), ours, plan_of)
-    // An incident reaching its Recover step starts the plans it names (`trigger: Incident`).
-    .watches(
-        Api::<Incident>::all(client),
-        watcher::Config::default(),
-        |incident| {
-            incident
-                .spec
-                .recovery_plans
-                .iter()
-                .map(|name| ObjectRef::new(name))
-                .collect::<Vec<_>>()
-        },
-    )
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, context)
-    .for_each(|result| async move {
-        match result {
-            Ok((plan, _)) => tracing::debug!(plan = %plan.name, "reconciled"),
-            Err(error) => warn!(%error, "reconcile failed"),
-        }
-    })
-    .await;
+        shared.watch_config(),
+    );
+    shared.kind_listed(Api::<RecoveryPlan>::all(client.clone()));
+    controller
+        .watches(
+            Api::<Deployment>::all(client.clone()),
+            ours.clone(),
+            plan_of,
+        )
+        .watches(
+            Api::<StatefulSet>::all(client.clone()),
+            ours.clone(),
+            plan_of,
+        )
+        .watches(Api::<DaemonSet>::all(client.clone()), ours.clone(), plan_of)
+        .watches(Api::<Job>::all(client.clone()), ours, plan_of)
+        // An incident reaching its Recover step starts the plans it names (`trigger: Incident`).
+        .watches(
+            Api::<Incident>::all(client),
+            watcher::Config::default(),
+            |incident| {
+                incident
+                    .spec
+                    .recovery_plans
+                    .iter()
+                    .map(|name| ObjectRef::new(name))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shared.shutdown())
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((plan, _)) => tracing::debug!(plan = %plan.name, "reconciled"),
+                // A workload of a plan this operator does not watch (see `--selector`).
+                Err(controller::Error::ObjectNotFound(plan)) => {
+                    tracing::debug!(%plan, "not one of this operator's plans")
+                }
+                Err(error) => warn!(%error, "reconcile failed"),
+            }
+        })
+        .await;
 }
 
 fn plan_of<K: Resource>(object: K) -> Option<ObjectRef<RecoveryPlan>> {
@@ -225,12 +239,14 @@ fn plan_of<K: Resource>(object: K) -> Option<ObjectRef<RecoveryPlan>> {
         .map(|name| ObjectRef::new(name))
 }
 
-fn error_policy(plan: Arc<RecoveryPlan>, error: &Error, _: Arc<Context>) -> Action {
+fn error_policy(plan: Arc<RecoveryPlan>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(KIND);
     warn!(plan = %plan.name_any(), %error, "will retry");
     Action::requeue(StdDuration::from_secs(5))
 }
 
 async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciled(KIND);
     let now = Timestamp::now();
     let previous = last_status(&ctx, &plan).await;
 
@@ -326,6 +342,7 @@ async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Action,
     }
 
     let status = status::compute(&plan, &order, &services, &previous, hold, now);
+    ctx.metrics.recovery_progress(&plan, &status);
     announce(&ctx, &plan, &previous, &status).await;
     if status != previous {
         write_status(&ctx, &plan, &status).await?;

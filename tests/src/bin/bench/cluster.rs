@@ -404,6 +404,8 @@ impl Operator {
         // Debug level for resurgo: one "reconciled" line per reconcile, which the report counts.
         let child = Command::new(binary)
             .arg("run")
+            // Any free port: a fixed one would collide with other runs on the machine.
+            .arg("--metrics-addr=127.0.0.1:0")
             .env("KUBECONFIG", &cluster.kubeconfig)
             .env("RUST_LOG", "warn,resurgo=debug")
             .env("NO_COLOR", "1")

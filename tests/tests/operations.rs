@@ -1,0 +1,851 @@
+//! Production operations on the real control plane: the chart's RBAC is enough for a
+//! recovery and no more, and two replicas elect one leader that a standby replaces when it
+//! dies, without doing anything twice.
+//!
+//! These tests start their own operator processes (target/debug/resurgo, built by
+//! tests/run.sh) with the chart's ServiceAccount token, never the admin's. Their plans carry
+//! `resurgo.dev/test-operator=<id>` and the operators select exactly that; the operator that
+//! tests/run.sh shares between all tests ignores every plan with that label.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{Read, Write},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::{apps::v1::Deployment, coordination::v1::Lease, core::v1::Secret};
+use kube::{
+    Api, ResourceExt,
+    runtime::{WatchStreamExt, watcher},
+};
+use resurgo_tests::{client, install_crds, kubectl, kubectl_ok, repo_root, unique_name};
+use serde_json::{Value, json};
+
+const TEST_OPERATOR: &str = "resurgo.dev/test-operator";
+
+/// The chart's identity and permissions, installed in their own namespace.
+struct ChartAccount {
+    namespace: String,
+    account: String,
+    cluster_role: String,
+    kubeconfig: PathBuf,
+}
+
+/// Renders the chart's ServiceAccount, ClusterRole, Roles and bindings (release `release`,
+/// lease `lease`), applies them, and writes a kubeconfig with a token of that account.
+fn install_chart_account(release: &str, lease: &str) -> ChartAccount {
+    let namespace = release.to_owned();
+    kubectl_ok(&["create", "namespace", &namespace], None).expect("namespace");
+    let chart = repo_root().join("charts/resurgo");
+    let output = Command::new(resurgo_tests::k8s_bin().join("helm"))
+        .args([
+            "template",
+            release,
+            chart.to_str().unwrap(),
+            "--namespace",
+            &namespace,
+        ])
+        .args(["--set", &format!("leaderElection.leaseName={lease}")])
+        .args(["--show-only", "templates/serviceaccount.yaml"])
+        .args(["--show-only", "templates/clusterrole.yaml"])
+        .args(["--show-only", "templates/clusterrolebinding.yaml"])
+        .args(["--show-only", "templates/role.yaml"])
+        .output()
+        .expect("helm template");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rendered = String::from_utf8(output.stdout).unwrap();
+    kubectl_ok(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=resurgo-tests",
+            "-f",
+            "-",
+        ],
+        Some(&rendered),
+    )
+    .expect("apply the chart's RBAC");
+    let account = format!("{release}-resurgo");
+    let token = kubectl_ok(
+        &[
+            "-n",
+            &namespace,
+            "create",
+            "token",
+            &account,
+            "--duration=1h",
+        ],
+        None,
+    )
+    .expect("a token for the chart's ServiceAccount");
+    let server = kubectl_ok(
+        &[
+            "config",
+            "view",
+            "--minify",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ],
+        None,
+    )
+    .unwrap();
+    let ca = kubectl_ok(
+        &[
+            "config",
+            "view",
+            "--minify",
+            "--raw",
+            "-o",
+            "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+        ],
+        None,
+    )
+    .unwrap();
+    let kubeconfig = work_dir().join(format!("{release}.kubeconfig"));
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster: {{server: {server}, certificate-authority-data: {ca}}}
+users:
+- name: {account}
+  user: {{token: {token}}}
+contexts:
+- name: test
+  context: {{cluster: test, user: {account}, namespace: {namespace}}}
+current-context: test
+",
+            token = token.trim()
+        ),
+    )
+    .expect("write kubeconfig");
+    ChartAccount {
+        namespace,
+        account: account.clone(),
+        cluster_role: account,
+        kubeconfig,
+    }
+}
+
+fn work_dir() -> PathBuf {
+    std::env::var_os("RESURGO_CLUSTER_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An operator process of our own; killed when dropped.
+struct Operator {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    name: String,
+}
+
+impl Operator {
+    /// Starts `resurgo run` as `name` with the account's kubeconfig, selecting the plans
+    /// labelled with `id`, plus `extra` arguments.
+    fn start(account: &ChartAccount, id: &str, name: &str, extra: &[&str]) -> Self {
+        let port = free_port();
+        let log = work_dir().join(format!("{name}.log"));
+        let binary = repo_root().join("target/debug/resurgo");
+        let child = Command::new(&binary)
+            .arg("run")
+            .arg(format!("--selector={TEST_OPERATOR}={id}"))
+            .arg(format!("--metrics-addr=127.0.0.1:{port}"))
+            .args(extra)
+            .env("KUBECONFIG", &account.kubeconfig)
+            .env("POD_NAME", name)
+            .env("RUST_LOG", "warn,resurgo=debug")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
+        Self {
+            child,
+            port,
+            log,
+            name: name.to_owned(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GETs `path` from the admin server: the status code and the body.
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let code = response.split(' ').nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n")?.1.to_owned();
+        Some((code, body))
+    }
+
+    /// Waits until `path` answers `code`.
+    async fn until_answers(&mut self, path: &str, code: u16) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some((got, body)) = self.get(path)
+                && got == code
+            {
+                return body;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited ({status}):\n{}", self.name, self.log());
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} never answered {code} on {path}: {:?}\n{}",
+                self.name,
+                self.get(path),
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The value of a metric line without labels, such as `resurgo_leader`.
+    fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics")?;
+        body.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|value| value.trim().parse().ok())
+    }
+}
+
+fn kill(pid: u32, signal: &str) -> bool {
+    Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn restricted_deployment(name: &str, zone: Option<&str>) -> Value {
+    let mut pod = json!({
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "main", "image": "registry.example/app:1",
+            "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}
+        }]
+    });
+    if let Some(zone) = zone {
+        pod["nodeSelector"] = json!({"resurgo.test/zone": zone});
+    }
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": pod}
+        }
+    })
+}
+
+/// A two-tier plan for the operator `id`: a database whose credentials are regenerated and
+/// whose data is restored by a Job, and an app that depends on it, held back by `zone` when
+/// given until a node in that zone exists.
+fn plan(name: &str, id: &str, zone: Option<&str>) -> String {
+    let ns = |s: &str| format!("{name}-{s}");
+    let restore_job = json!({
+        "name": "load",
+        "spec": {
+            "template": {"spec": {
+                "restartPolicy": "Never",
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{"name": "load", "image": "registry.example/restore:1",
+                    "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]
+            }}
+        }
+    });
+    let config = json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app-config"},
+        "data": {"mode": "recovery"}
+    });
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "db"},
+        "spec": {"selector": {"app": "db"}, "ports": [{"port": 5432}]}
+    });
+    serde_json::to_string(&json!({
+        "apiVersion": "resurgo.dev/v1alpha1", "kind": "RecoveryPlan",
+        "metadata": {"name": name, "labels": {TEST_OPERATOR: id}},
+        "spec": {
+            "tiers": [{"name": "data", "rto": "15m"}, {"name": "apps", "rto": "1h"}],
+            "services": [
+                {
+                    "name": "db", "tier": "data", "namespace": ns("db"),
+                    "dataRestore": restore_job,
+                    "regenerateSecrets": [{"name": "db-credentials", "keys": ["password"]}],
+                    "workload": {"manifests": [restricted_deployment("db", None), service]}
+                },
+                {
+                    "name": "app", "tier": "apps", "namespace": ns("app"), "dependsOn": ["db"],
+                    "workload": {"manifests": [restricted_deployment("app", zone), config]}
+                }
+            ]
+        }
+    }))
+    .unwrap()
+}
+
+fn apply(manifest: &str) {
+    kubectl_ok(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=resurgo-tests",
+            "-f",
+            "-",
+        ],
+        Some(manifest),
+    )
+    .expect("apply");
+}
+
+fn wait_ready(plan: &str, timeout: &str, operators: &[&Operator]) {
+    let output = kubectl(
+        &[
+            "wait",
+            "--for=condition=Ready",
+            &format!("--timeout={timeout}"),
+            &format!("recoveryplan/{plan}"),
+        ],
+        None,
+    );
+    if !output.status.success() {
+        let status = kubectl(&["get", "recoveryplan", plan, "-o", "yaml"], None);
+        let logs: Vec<String> = operators
+            .iter()
+            .map(|o| format!("---- {}:\n{}", o.name, o.log()))
+            .collect();
+        panic!(
+            "recoveryplan/{plan} did not become Ready: {}\n{}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            String::from_utf8_lossy(&status.stdout),
+            logs.join("\n")
+        );
+    }
+}
+
+/// `kubectl auth can-i` as the account.
+fn can(account: &ChartAccount, args: &[&str]) -> bool {
+    let user = format!(
+        "--as=system:serviceaccount:{}:{}",
+        account.namespace, account.account
+    );
+    let mut all = vec!["auth", "can-i", user.as_str()];
+    all.extend_from_slice(args);
+    let output = kubectl(&all, None);
+    String::from_utf8_lossy(&output.stdout).trim() == "yes"
+}
+
+/// The reportingInstance of every event about `plan`.
+fn event_reporters(plan: &str) -> BTreeSet<String> {
+    let events: Value = serde_json::from_str(
+        &kubectl_ok(
+            &[
+                "get",
+                "events.events.k8s.io",
+                "-n",
+                "default",
+                "--field-selector",
+                &format!("regarding.name={plan}"),
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            e["reportingInstance"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn the_charts_service_account_is_enough_for_a_recovery_and_no_more() {
+    install_crds().await;
+    let id = unique_name("rbac");
+    let account = install_chart_account(&id, &format!("{id}-lease"));
+    let mut operator = Operator::start(&account, &id, &format!("{id}-operator"), &[]);
+
+    let name = format!("{id}-plan");
+    apply(&plan(&name, &id, None));
+    wait_ready(&name, "120s", &[&operator]);
+
+    // What the recovery made, with the chart's permissions only.
+    let secrets: Api<Secret> = Api::namespaced(client().await, &format!("{name}-db"));
+    let secret = secrets.get("db-credentials").await.expect("regenerated");
+    assert_eq!(
+        secret.labels().get("resurgo.dev/plan"),
+        Some(&name),
+        "regenerated by the operator"
+    );
+    let policies = kubectl_ok(
+        &[
+            "-n",
+            &format!("{name}-app"),
+            "get",
+            "networkpolicies",
+            "-o",
+            "name",
+        ],
+        None,
+    )
+    .unwrap();
+    assert_eq!(policies.lines().count(), 2, "{policies}");
+    kubectl_ok(
+        &[
+            "-n",
+            &format!("{name}-app"),
+            "get",
+            "configmap",
+            "app-config",
+        ],
+        None,
+    )
+    .expect("the app's ConfigMap");
+
+    // Nothing was refused along the way, not even an event.
+    let log = operator.log();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the operator was refused something:\n{log}"
+    );
+    // Only this operator acted on the plan: the shared one ignores test-operator plans.
+    assert_eq!(
+        event_reporters(&name),
+        BTreeSet::from([format!("{id}-operator")])
+    );
+    // It counts what it did.
+    let metrics = operator.until_answers("/metrics", 200).await;
+    assert!(
+        metrics.contains(&format!(
+            r#"resurgo_recovery_tier_services_ready{{plan="{name}",tier="apps"}} 1"#
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"resurgo_reconciles_total{kind="RecoveryPlan"}"#));
+    operator.until_answers("/readyz", 200).await;
+
+    // ...and no more than it needs.
+    let ns = format!("--namespace={name}-db");
+    for (what, args) in [
+        ("anything at all", vec!["*", "*"]),
+        ("delete nodes", vec!["delete", "nodes"]),
+        (
+            "list Secrets anywhere",
+            vec!["list", "secrets", "--all-namespaces"],
+        ),
+        ("watch Secrets", vec!["watch", "secrets", ns.as_str()]),
+        ("delete Secrets", vec!["delete", "secrets", ns.as_str()]),
+        (
+            "delete Deployments",
+            vec!["delete", "deployments", ns.as_str()],
+        ),
+        (
+            "update Deployments",
+            vec!["update", "deployments", ns.as_str()],
+        ),
+        ("create pods", vec!["create", "pods", ns.as_str()]),
+        ("exec into pods", vec!["create", "pods/exec", ns.as_str()]),
+        // Bindings, `bind` and `escalate` on ClusterRoles and deleting NetworkPolicies are
+        // the AccessPolicy controller's, granted on purpose (charts/resurgo clusterrole.yaml).
+        ("impersonate users", vec!["impersonate", "users"]),
+        ("update the plans' spec", vec!["update", "recoveryplans"]),
+        ("write CRDs", vec!["create", "customresourcedefinitions"]),
+        ("delete Incidents", vec!["delete", "incidents"]),
+        ("update AccessPolicies", vec!["update", "accesspolicies"]),
+        ("delete Services", vec!["delete", "services", ns.as_str()]),
+        (
+            "update another Lease",
+            vec![
+                "update",
+                "leases/other",
+                &format!("--namespace={}", account.namespace),
+            ],
+        ),
+        (
+            "create events outside default",
+            vec!["create", "events.events.k8s.io", ns.as_str()],
+        ),
+    ] {
+        assert!(!can(&account, &args), "the operator can {what}");
+    }
+    let own_lease = format!("leases/{id}-lease");
+    let lease_namespace = format!("--namespace={}", account.namespace);
+    // The checks above could pass by never asking the right user: the same user can do
+    // what the recovery did.
+    for args in [
+        vec!["get", "secrets", ns.as_str()],
+        vec!["patch", "recoveryplans", "--subresource=status"],
+        vec!["create", "namespaces"],
+        vec!["watch", "deployments", "--all-namespaces"],
+        vec!["update", &own_lease, &lease_namespace],
+    ] {
+        assert!(can(&account, &args), "the operator cannot {args:?}");
+    }
+    let role: Value = serde_json::from_str(
+        &kubectl_ok(
+            &["get", "clusterrole", &account.cluster_role, "-o", "json"],
+            None,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let text = role["rules"].to_string();
+    assert!(!text.contains("\"*\""), "a wildcard in {text}");
+
+    drop(operator);
+    cleanup(&account, &name);
+}
+
+fn cleanup(account: &ChartAccount, plan: &str) {
+    let _ = kubectl(&["delete", "recoveryplan", plan, "--wait=false"], None);
+    let _ = kubectl(
+        &[
+            "delete",
+            "clusterrole,clusterrolebinding",
+            &account.cluster_role,
+        ],
+        None,
+    );
+    let _ = kubectl(
+        &["delete", "namespace", &account.namespace, "--wait=false"],
+        None,
+    );
+}
+
+async fn lease_holder(namespace: &str, lease: &str) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(client().await, namespace);
+    leases
+        .get_opt(lease)
+        .await
+        .unwrap()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+}
+
+async fn until_holder(
+    namespace: &str,
+    lease: &str,
+    wanted: impl Fn(Option<&str>) -> bool,
+    within: Duration,
+) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let holder = lease_holder(namespace, lease).await;
+        if wanted(holder.as_deref()) {
+            return holder;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Lease {namespace}/{lease}: holder {holder:?} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every (Deployment name, uid) the watch sees for `plan`, in order.
+async fn record_deployments(plan: &str) -> tokio::sync::mpsc::UnboundedReceiver<(String, String)> {
+    let deployments: Api<Deployment> = Api::all(client().await);
+    let config = watcher::Config::default().labels(&format!("resurgo.dev/plan={plan}"));
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = watcher(deployments, config).applied_objects().boxed();
+        while let Ok(Some(deployment)) = stream.try_next().await {
+            let seen = (deployment.name_any(), deployment.uid().unwrap_or_default());
+            if sender.send(seen).is_err() {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
+fn add_node(zone: &str) {
+    apply(
+        &json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {
+                "name": format!("zone-{zone}"),
+                "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
+                "labels": {"kubernetes.io/hostname": format!("zone-{zone}"), "type": "kwok", "resurgo.test/zone": zone}
+            },
+            "status": {"capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                       "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"}}
+        })
+        .to_string(),
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn a_standby_takes_over_from_a_killed_leader_and_does_nothing_twice() {
+    install_crds().await;
+    let id = unique_name("leader");
+    let lease = format!("{id}-lease");
+    let account = install_chart_account(&id, &lease);
+    let lease_duration = 4;
+    let elect = [
+        "--leader-election".to_owned(),
+        format!("--lease-name={lease}"),
+        format!("--lease-namespace={}", account.namespace),
+        format!("--lease-duration={lease_duration}"),
+    ];
+    let elect: Vec<&str> = elect.iter().map(String::as_str).collect();
+    let mut first = Operator::start(&account, &id, &format!("{id}-a"), &elect);
+    let leader_name = until_holder(
+        &account.namespace,
+        &lease,
+        |h| h.is_some(),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert_eq!(leader_name, first.name);
+    let mut second = Operator::start(&account, &id, &format!("{id}-b"), &elect);
+    // The standby is ready (it is doing its job: waiting) but does not lead.
+    second.until_answers("/readyz", 200).await;
+    first.until_answers("/readyz", 200).await;
+    assert_eq!(first.metric("resurgo_leader"), Some(1.0));
+    assert_eq!(second.metric("resurgo_leader"), Some(0.0));
+    assert_eq!(
+        lease_holder(&account.namespace, &lease).await,
+        Some(first.name.clone())
+    );
+
+    // The leader recovers the data tier; the app waits for its zone.
+    let name = format!("{id}-plan");
+    let zone = unique_name("zone");
+    let mut deployments = record_deployments(&name).await;
+    apply(&plan(&name, &id, Some(&zone)));
+    let plans: Api<resurgo::api::recovery_plan::RecoveryPlan> = Api::all(client().await);
+    let db_ready = |plan: Option<&resurgo::api::recovery_plan::RecoveryPlan>| {
+        plan.and_then(|p| p.status.as_ref()).is_some_and(|s| {
+            s.services.iter().any(|svc| {
+                svc.name == "app"
+                    && svc.phase == resurgo::api::recovery_plan::ServicePhase::Deploying
+            })
+        })
+    };
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        kube::runtime::wait::await_condition(plans.clone(), &name, db_ready),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the app never started:\n{}", first.log()))
+    .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client().await, &format!("{name}-db"));
+    let credentials = secrets.get("db-credentials").await.unwrap();
+
+    // The leader dies without a word: the standby waits out the Lease, then leads.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let killed = tokio::time::Instant::now();
+    until_holder(
+        &account.namespace,
+        &lease,
+        |h| h == Some(second.name.as_str()),
+        Duration::from_secs(3 * lease_duration),
+    )
+    .await;
+    let took = killed.elapsed();
+    // Expiry is judged on the standby's clock from the last renewal it saw: at most one
+    // duration after the death, plus up to two retry periods (a fifth of it each).
+    assert!(
+        took <= Duration::from_secs(lease_duration) * 7 / 5 + Duration::from_millis(500),
+        "took over after {took:?}"
+    );
+    second.until_answers("/readyz", 200).await;
+    assert_eq!(second.metric("resurgo_leader"), Some(1.0));
+
+    add_node(&zone);
+    wait_ready(&name, "60s", &[&second]);
+
+    // Nothing was done twice: each Deployment was created once (one uid), the credentials
+    // are the first regeneration's, and the takeover was one transition of the Lease.
+    let mut uids: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    while let Ok((deployment, uid)) = deployments.try_recv() {
+        uids.entry(deployment).or_default().insert(uid);
+    }
+    assert_eq!(uids.keys().collect::<Vec<_>>(), ["app", "db"], "{uids:?}");
+    for (deployment, seen) in &uids {
+        assert_eq!(
+            seen.len(),
+            1,
+            "{deployment} was created more than once: {seen:?}"
+        );
+    }
+    let after = secrets.get("db-credentials").await.unwrap();
+    assert_eq!(after.uid(), credentials.uid());
+    assert_eq!(
+        after.data, credentials.data,
+        "the credentials were regenerated twice"
+    );
+    let leases: Api<Lease> = Api::namespaced(client().await, &account.namespace);
+    let record = leases.get(&lease).await.unwrap().spec.unwrap();
+    assert_eq!(record.lease_transitions, Some(1));
+    let status = plans.get_status(&name).await.unwrap().status.unwrap();
+    for service in &status.services {
+        assert_eq!(service.attempts, 1, "{} started twice", service.name);
+    }
+
+    // Stopped politely, the leader gives the Lease up and exits cleanly, and a standby
+    // takes over at its next attempt instead of waiting the Lease out.
+    let mut third = Operator::start(&account, &id, &format!("{id}-c"), &elect);
+    third.until_answers("/readyz", 200).await;
+    assert_eq!(third.metric("resurgo_leader"), Some(0.0));
+    assert!(kill(second.child.id(), "-TERM"));
+    let stopped = tokio::time::Instant::now();
+    let exit = second.child.wait().unwrap();
+    assert!(exit.success(), "{exit}:\n{}", second.log());
+    assert!(
+        second.log().contains("released the leader Lease"),
+        "{}",
+        second.log()
+    );
+    until_holder(
+        &account.namespace,
+        &lease,
+        |h| h == Some(third.name.as_str()),
+        Duration::from_secs(3 * lease_duration),
+    )
+    .await;
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(lease_duration),
+        "the standby waited {took:?}: the Lease was not released"
+    );
+
+    cleanup(&account, &name);
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn a_leader_that_finds_its_lease_taken_stops_at_once() {
+    install_crds().await;
+    let id = unique_name("usurped");
+    let lease = format!("{id}-lease");
+    let account = install_chart_account(&id, &lease);
+    let elect = [
+        "--leader-election".to_owned(),
+        format!("--lease-name={lease}"),
+        format!("--lease-namespace={}", account.namespace),
+        "--lease-duration=3".to_owned(),
+    ];
+    let elect: Vec<&str> = elect.iter().map(String::as_str).collect();
+    let mut leader = Operator::start(&account, &id, &format!("{id}-a"), &elect);
+    until_holder(
+        &account.namespace,
+        &lease,
+        |h| h.is_some(),
+        Duration::from_secs(30),
+    )
+    .await;
+    leader.until_answers("/readyz", 200).await;
+    // Someone else writes itself into the Lease (a replica that judged it expired).
+    kubectl_ok(
+        &[
+            "-n",
+            &account.namespace,
+            "patch",
+            "lease",
+            &lease,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"holderIdentity":"someone-else"}}"#,
+        ],
+        None,
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = leader.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still running:\n{}",
+            leader.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        !exit.success(),
+        "it must exit non-zero so that it is restarted"
+    );
+    assert!(leader.log().contains("lost leadership"), "{}", leader.log());
+    cleanup(&account, "none");
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn an_operator_stopped_while_it_starts_exits_at_once() {
+    install_crds().await;
+    let id = unique_name("early-stop");
+    let account = install_chart_account(&id, &format!("{id}-lease"));
+    let mut operator = Operator::start(&account, &id, &format!("{id}-operator"), &[]);
+    // SIGTERM as soon as it answers, while its controllers fill their caches: kube-runtime
+    // controllers stopped then would wait for those caches forever.
+    operator.until_answers("/healthz", 200).await;
+    assert!(kill(operator.child.id(), "-TERM"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = operator.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still running 10 s after SIGTERM:\n{}",
+            operator.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit}:\n{}", operator.log());
+    assert!(operator.log().contains("stopping"), "{}", operator.log());
+    cleanup(&account, "none");
+}
