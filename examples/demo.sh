@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
 # The main job: bring up a local Kubernetes control plane, install Resurgo's CRDs, run the
-# operator and recover the Lazio health platform (examples/lazio) in priority order.
+# operator, and play the Lazio ransomware incident (examples/lazio): the clinical records
+# system runs and is backed up (encrypted to a key kept off the cluster); the attack destroys
+# it; the Incident then locks access down, freezes backup pruning, chooses the clean restore
+# point, rebuilds every service in priority order (clinical records from the backup) and
+# checks the credentials; the summary shows each tier against its RTO, the data-loss window
+# and the access state.
 #
 # Usage: examples/demo.sh [--keep]
 #   --keep   leave the cluster and the operator running at the end and print how to use them
-#
-# What is not built yet: the backup, access and incident controllers. Their resources are
-# applied and validated by the API server, but only the RecoveryPlan acts.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
+# Says what failed, shows OBJECT and the operator's last log lines, and stops.
+fail() {
+  echo "demo: $1" >&2
+  [ -n "${2:-}" ] && kubectl get "$2" -o yaml >&2
+  tail -30 "$work/operator.log" >&2
+  exit 1
+}
 
 keep=false
 [ "${1:-}" = "--keep" ] && keep=true
@@ -54,22 +63,92 @@ say "Starting the operator (log: $work/operator.log)"
 target/debug/resurgo run --metrics-addr 127.0.0.1:0 >"$work/operator.log" 2>&1 &
 operator=$!
 
-say "Applying the Lazio scenario: stores, schedules, access policy"
-for f in backup-store backup-schedule access-policy; do
-  kubectl apply --server-side -f "examples/lazio/$f.yaml"
-done
-
-say "The financial systems survived the attack: their namespace is there, to be verified"
+say "Before the attack: the clinical records system (FSE) runs, and staff have access"
+kubectl apply --server-side -f - <<'EOF'
+apiVersion: v1
+kind: Namespace
+metadata: {name: clinical-records}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: fse-settings, namespace: clinical-records}
+data: {region: lazio, archive: fse-2021}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: clinical-records, namespace: clinical-records, labels: {app.kubernetes.io/name: clinical-records}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app.kubernetes.io/name: clinical-records}}
+  template:
+    metadata: {labels: {app.kubernetes.io/name: clinical-records}}
+    spec:
+      securityContext: {runAsNonRoot: true, runAsUser: 10001, seccompProfile: {type: RuntimeDefault}}
+      containers:
+        - name: clinical-records
+          image: registry.lazio.example/sanita/fse:3.1
+          ports: [{containerPort: 8443}]
+          securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: clinical-records, namespace: clinical-records}
+spec:
+  selector: {app.kubernetes.io/name: clinical-records}
+  ports: [{port: 8443, targetPort: 8443}]
+EOF
+# The financial systems are outside what the attack reaches: verified later, never rebuilt.
 kubectl create namespace finance
 kubectl -n finance create configmap ledger-balances --from-literal=closing-2021-07-31=verified-offline
+# Access given by hand, which a lockdown must take away (and give back exactly).
+kubectl -n finance create rolebinding ledger-auditors --clusterrole=view --group=regione-finance-auditors
+kubectl create clusterrolebinding regional-it-admin --clusterrole=admin --user=g.bianchi@regione.lazio.example
 
-say "Applying the recovery plan: services come back tier by tier"
+say "Backups are encrypted to a key made and kept off the cluster (resurgo keygen)"
+mkdir -p "$work/backups"
+recipient=$(target/debug/resurgo keygen --output "$work/lazio-backup.key")
+echo "recipient (public key): $recipient; identity (private key): $work/lazio-backup.key"
+# The local store writes under the demo's directory instead of /var/lib/resurgo.
+sed "s#path: /var/lib/resurgo/backups#path: $work/backups#" examples/lazio/backup-store.yaml |
+  kubectl apply --server-side -f -
+kubectl apply --server-side -f examples/lazio/backup-schedule.yaml
+kubectl apply --server-side -f - <<EOF
+apiVersion: resurgo.dev/v1alpha1
+kind: Backup
+metadata: {name: clinical-before-the-attack}
+spec:
+  store: lazio-local
+  include: {namespaces: [clinical-records]}
+  encryption: {recipients: [$recipient]}
+EOF
+kubectl wait --for=jsonpath='{.status.phase}'=Completed --timeout=120s backup/clinical-before-the-attack ||
+  fail "the backup did not complete" backup/clinical-before-the-attack
+kubectl get backups
+
+say "The attack: ransomware encrypts the clinical records; the namespace is lost"
+kubectl delete namespace clinical-records --timeout=120s
+# The last moment known clean: after the backup, before the damage (to the second).
+sleep 1
+compromised_since=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+
+say "Preparing the recovery: the access policy and the plan (trigger: Incident, so it waits)"
+kubectl apply --server-side -f examples/lazio/access-policy.yaml
 kubectl apply --server-side -f examples/lazio/recovery-plan.yaml
+kubectl wait --for=condition=Progressing=False --timeout=60s recoveryplan/lazio-health ||
+  fail "the plan did not report waiting for the incident" recoveryplan/lazio-health
+kubectl get recoveryplan lazio-health -o jsonpath='{.status.conditions[?(@.type=="Progressing")].message}{"\n"}'
+# Whoever keeps the key offline hands it over now, for the restore only.
+kubectl create namespace resurgo-keys
+kubectl -n resurgo-keys create secret generic lazio-backup-identity --from-file=identity="$work/lazio-backup.key"
+
+say "Declaring the incident (compromised since $compromised_since)"
+sed "s/compromisedSince: .*/compromisedSince: \"$compromised_since\"/" examples/lazio/incident.yaml |
+  kubectl apply --server-side -f -
 kubectl get recoveryplan lazio-health --watch &
 watcher=$!
-if ! kubectl wait --for=condition=Ready --timeout=300s recoveryplan/lazio-health >/dev/null; then
+if ! kubectl wait --for=condition=Ready --timeout=300s incident/lazio-ransomware-2021 >/dev/null; then
   kill "$watcher" 2>/dev/null || true
-  kubectl get recoveryplan lazio-health -o yaml >&2
+  target/debug/resurgo status --incident lazio-ransomware-2021 >&2 || true
   echo "The recovery did not finish; the operator's log:" >&2
   tail -30 "$work/operator.log" >&2
   exit 1
@@ -77,16 +156,24 @@ fi
 kill "$watcher" 2>/dev/null || true
 wait "$watcher" 2>/dev/null || true
 
-say "Recovered. Tiers against their RTO, services in the order they came back (resurgo status)"
-target/debug/resurgo status lazio-health
+say "Recovered. Each step, the restore point and its data-loss window, tiers against their RTO (resurgo status)"
+target/debug/resurgo status --incident lazio-ransomware-2021
+
+say "Access stays locked down while the incident is open: hand-made bindings are suspended and saved"
+kubectl get accesspolicies
+kubectl get clusterrolebinding regional-it-admin 2>&1 || true
+echo "finance auditors may read the ledger: $(kubectl auth can-i get configmaps -n finance --as=auditor --as-group=regione-finance-auditors || true)"
+
+say "Clinical records, restored from the clean backup"
+kubectl -n clinical-records get deployments,services,configmaps -l resurgo.dev/plan=lazio-health
 
 say "What was rebuilt, hardened"
 kubectl get namespaces -l resurgo.dev/plan=lazio-health -L pod-security.kubernetes.io/enforce
 kubectl get networkpolicies -A -l resurgo.dev/plan=lazio-health
 kubectl get secrets -A -l resurgo.dev/plan=lazio-health
 
-say "The resources the next controllers will act on"
-kubectl get backupstores,backupschedules,accesspolicies
+say "Backup stores and schedules (pruning frozen while the incident is open)"
+kubectl get backupstores,backupschedules
 
 if $keep; then
   say "The cluster and the operator keep running. Use them with:  source $env_file"

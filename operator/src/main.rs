@@ -81,6 +81,14 @@ enum Command {
     /// Show where the recovery stands: each plan's tiers with progress bars, what every
     /// service is doing or waiting for, and time against each tier's RTO.
     Status(resurgo::status_view::StatusArgs),
+    /// Make an age key pair for encrypting backups, off the cluster: the identity (private
+    /// key) goes to a new file readable only by you, the recipient (public key, for
+    /// `encryption.recipients`) is printed.
+    Keygen {
+        /// The file to write the identity to; it must not exist yet.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -108,6 +116,7 @@ fn main() -> ExitCode {
         Command::Crd { out_dir } => crd(out_dir),
         Command::Plan { path } => plan(&path),
         Command::Status(args) => resurgo::status_view::run(args).map_err(CliError::Status),
+        Command::Keygen { output } => keygen(&output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -133,6 +142,26 @@ enum CliError {
     Operator(resurgo::operator::StartError),
     #[error(transparent)]
     Status(resurgo::status_view::StatusError),
+}
+
+fn keygen(output: &Path) -> Result<(), CliError> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let (identity, recipient) = resurgo::backup::archive::generate_identity();
+    let write = |source| CliError::Write {
+        path: output.to_owned(),
+        source,
+    };
+    // Created with 0600 and never overwritten: an identity lost to an overwrite loses
+    // every backup made to it.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(output)
+        .map_err(write)?;
+    writeln!(file, "# public key: {recipient}\n{identity}").map_err(write)?;
+    println!("{recipient}");
+    Ok(())
 }
 
 fn plan(path: &Path) -> Result<(), CliError> {

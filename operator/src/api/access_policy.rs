@@ -24,7 +24,7 @@ use super::common::DNS_LABEL;
     shortname = "ap",
     category = "resurgo",
     status = "AccessPolicyStatus",
-    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".status.mode"),
     printcolumn(
         name = "Grants",
         type_ = "integer",

@@ -209,7 +209,14 @@ pub async fn identity(
         )));
     };
     match secret.data.unwrap_or_default().get("identity") {
-        Some(bytes) => Ok(Ok(String::from_utf8_lossy(&bytes.0).trim().to_owned())),
+        // The key file as age-keygen and `resurgo keygen` write it: comment lines, then
+        // the key.
+        Some(bytes) => Ok(Ok(String::from_utf8_lossy(&bytes.0)
+            .lines()
+            .map(str::trim)
+            .find(|line| !line.is_empty() && !line.starts_with('#'))
+            .unwrap_or_default()
+            .to_owned())),
         None => Ok(Err(format!(
             "identity Secret {}/{} has no key `identity`",
             reference.namespace, reference.name
