@@ -82,7 +82,7 @@ log "operator running (pid $operator, log $RESURGO_OPERATOR_LOG)"
 
 log "running unit and integration tests against $(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')"
 status=0
-cargo test --workspace --locked -- --include-ignored "$@" || status=$?
+cargo test --workspace --locked --no-fail-fast -- --include-ignored "$@" || status=$?
 kill -0 "$operator" 2>/dev/null || { log "ERROR: the operator died during the tests; its log:"; tail -50 "$RESURGO_OPERATOR_LOG" >&2; status=1; }
 if [ "$status" -ne 0 ]; then
   log "the operator's log, last lines:"

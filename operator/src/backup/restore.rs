@@ -55,20 +55,30 @@ pub async fn objects(
             .as_ref()?
             .restore_points
             .iter()
-            .find(|p| p.plan == plan && p.service == service.name)?
-            .backup
-            .clone()
+            .find(|p| p.plan == plan && p.service == service.name && p.backup.is_some())
+            .cloned()
     });
     let rule = rule_of(incident.as_ref(), &namespace);
-    let named = from.backup.clone().or(recorded).or_else(|| {
-        incident.as_ref().and_then(|i| {
-            (i.spec.restore_point.rule == RestorePointRule::Named)
-                .then(|| i.spec.restore_point.backup.clone())
-                .flatten()
-        })
-    });
+    let named = from
+        .backup
+        .clone()
+        .or_else(|| recorded.as_ref().and_then(|p| p.backup.clone()))
+        .or_else(|| {
+            incident.as_ref().and_then(|i| {
+                (i.spec.restore_point.rule == RestorePointRule::Named)
+                    .then(|| i.spec.restore_point.backup.clone())
+                    .flatten()
+            })
+        });
     let (choice, objects) = restore_point(client, &identity, &rule, named.as_deref()).await?;
-    let description = choice.describe(&namespace);
+    // The incident's record says why this backup and not a newer one; keep saying it.
+    let description = match (&recorded, &from.backup, &objects) {
+        (Some(point), None, Some(_)) => point
+            .message
+            .clone()
+            .unwrap_or_else(|| choice.describe(&namespace)),
+        _ => choice.describe(&namespace),
+    };
     let Some(chosen) = objects else {
         return Ok(Err(description));
     };

@@ -35,7 +35,7 @@ use kube::{
     core::ApiResource,
     discovery::{self, Scope},
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::{self, Action},
         events::{Event, EventType, Recorder, Reporter},
         reflector::{self, ObjectRef, Store},
@@ -150,10 +150,13 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
+    // With backoff: a watch refused (403 under too narrow RBAC, an API server restarting)
+    // is retried with growing pauses, not in a tight loop that floods the log.
     let stream = reflector::reflector(
         writer,
         watcher(api, watcher::Config::default().labels(labels::PLAN)),
-    );
+    )
+    .default_backoff();
     tokio::spawn(stream.for_each(|_| futures::future::ready(())));
     // Until the first list is in, every object would look deleted and be rebuilt.
     if reader.wait_until_ready().await.is_err() {
