@@ -5,7 +5,7 @@
 use std::process::{Command, Output};
 
 use resurgo_tests::{k8s_bin, kubectl_ok, repo_root, unique_name};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn helm(args: &[&str]) -> Output {
     Command::new(k8s_bin().join("helm"))
@@ -174,14 +174,36 @@ fn rbac_names_every_resource_and_verb_and_justifies_every_rule() {
         .flat_map(|rule| rule["verbs"].as_array().unwrap())
         .filter_map(Value::as_str)
         .collect();
-    for power in ["deletecollection", "escalate", "bind", "impersonate"] {
+    for power in ["deletecollection", "impersonate"] {
         assert!(
             !verbs.contains(&power),
-            "the ClusterRole grants {power}, which no controller uses yet"
+            "the ClusterRole grants {power}, which no controller uses"
         );
     }
-    // Only the Incident controller deletes, and only drill copies and their namespaces.
-    let deletable: Vec<&str> = find(&documents, "ClusterRole")
+    // `bind` and `escalate` are the AccessPolicy controller's, on roles only.
+    for rule in find(&documents, "ClusterRole")
+        .iter()
+        .flat_map(|role| role["rules"].as_array().unwrap())
+    {
+        let verbs = rule["verbs"].as_array().unwrap();
+        if verbs.iter().any(|v| v == "bind" || v == "escalate") {
+            assert_eq!(
+                rule["apiGroups"],
+                json!(["rbac.authorization.k8s.io"]),
+                "{rule}"
+            );
+            let resources = rule["resources"].as_array().unwrap();
+            assert!(
+                resources
+                    .iter()
+                    .all(|r| r == "clusterroles" || r == "roles"),
+                "{rule}"
+            );
+        }
+    }
+    // What may be deleted, and by whom: Backups (retention), bindings, policy roles and
+    // remote-access NetworkPolicies (AccessPolicy), drill copies and namespaces (Incident).
+    let mut deletable: Vec<&str> = find(&documents, "ClusterRole")
         .iter()
         .flat_map(|role| role["rules"].as_array().unwrap())
         .filter(|rule| {
@@ -194,7 +216,19 @@ fn rbac_names_every_resource_and_verb_and_justifies_every_rule() {
         .flat_map(|rule| rule["resources"].as_array().unwrap())
         .filter_map(Value::as_str)
         .collect();
-    assert_eq!(deletable, ["recoveryplans", "namespaces"]);
+    deletable.sort_unstable();
+    assert_eq!(
+        deletable,
+        [
+            "backups",
+            "clusterrolebindings",
+            "clusterroles",
+            "namespaces",
+            "networkpolicies",
+            "recoveryplans",
+            "rolebindings"
+        ]
+    );
 
     // Every rule in the templates sits under a comment that says which code needs it.
     for template in ["clusterrole.yaml", "role.yaml"] {
