@@ -191,18 +191,25 @@ fn candidate(backup: &Backup) -> restore_point::Candidate {
 }
 
 /// The incident whose rule the plan's restores follow: for a drill's copy, the Drill that
-/// made it (its `compromisedSince` and `allowUnverified`); otherwise the open Real Incident
-/// that names the plan, if any (the newest, when several).
+/// made it and owns it (its `compromisedSince` and `allowUnverified`); otherwise the open
+/// Real Incident that names the plan, if any (the newest, when several).
 async fn open_incident(
     client: &Client,
     plan: &RecoveryPlan,
 ) -> Result<Option<Incident>, kube::Error> {
     let api = Api::<Incident>::all(client.clone());
     if let Some(drill) = plan.labels().get(labels::INCIDENT) {
+        let owns = |incident: &Incident| {
+            incident.uid().is_some_and(|uid| {
+                plan.owner_references()
+                    .iter()
+                    .any(|o| o.kind == "Incident" && o.uid == uid)
+            })
+        };
         return Ok(api
             .get_opt(drill)
             .await?
-            .filter(|i| i.spec.mode == IncidentMode::Drill));
+            .filter(|i| i.spec.mode == IncidentMode::Drill && owns(i)));
     }
     let name = plan.name_any();
     let incidents = api.list(&ListParams::default()).await?;
