@@ -1,6 +1,7 @@
 //! The objects a `fromBackup` workload restores: from the named Backup, or from the clean
 //! restore point (the newest intact backup of the namespace that completed before the open
-//! Incident's `compromisedSince`, verified unless the Incident allows unverified ones).
+//! Incident's `compromisedSince`, verified unless the Incident allows unverified ones). A
+//! drill's copy of a plan follows the rule of the drill that made it.
 //!
 //! Every backup is opened with all of [`archive::open`]'s checks; a refused one is never
 //! used. Backups that opened are remembered per (backup uid, manifest hash,
@@ -19,8 +20,9 @@ use super::{archive, engine, restore_point, selection};
 use crate::api::{
     backup::{Backup, BackupPhase, VerificationState},
     incident::{Incident, IncidentMode, IncidentState, RestorePointRule},
-    recovery_plan::{FromBackup, Service},
+    recovery_plan::{FromBackup, RecoveryPlan, Service},
 };
+use crate::labels;
 
 type Opened = Result<Arc<Vec<Value>>, String>;
 /// (backup uid, manifest hash, identity hash) to what opening the backup gave.
@@ -35,7 +37,7 @@ fn opened_cache() -> &'static OpenedCache {
 /// came from; or why there is nothing safe to restore.
 pub async fn objects(
     client: &Client,
-    plan: &str,
+    plan: &RecoveryPlan,
     service: &Service,
     from: &FromBackup,
 ) -> Result<Result<(Vec<Value>, String), String>, kube::Error> {
@@ -48,6 +50,7 @@ pub async fn objects(
         Err(failure) => return Ok(Err(failure)),
     };
     let incident = open_incident(client, plan).await?;
+    let plan = plan.name_any();
     // The restore point the incident recorded wins: the incident chose it for this service
     // before the plan started, and a backup verified since must not change the choice.
     let recorded = incident.as_ref().and_then(|i| {
@@ -197,16 +200,34 @@ fn candidate(backup: &Backup) -> restore_point::Candidate {
     }
 }
 
-/// The open Real Incident that names this plan, if any (the newest, when several).
-async fn open_incident(client: &Client, plan: &str) -> Result<Option<Incident>, kube::Error> {
-    let incidents = Api::<Incident>::all(client.clone())
-        .list(&ListParams::default())
-        .await?;
+/// The incident whose rule the plan's restores follow: for a drill's copy, the Drill that
+/// made it and owns it (its `compromisedSince` and `allowUnverified`); otherwise the open
+/// Real Incident that names the plan, if any (the newest, when several).
+async fn open_incident(
+    client: &Client,
+    plan: &RecoveryPlan,
+) -> Result<Option<Incident>, kube::Error> {
+    let api = Api::<Incident>::all(client.clone());
+    if let Some(drill) = plan.labels().get(labels::INCIDENT) {
+        let owns = |incident: &Incident| {
+            incident.uid().is_some_and(|uid| {
+                plan.owner_references()
+                    .iter()
+                    .any(|o| o.kind == "Incident" && o.uid == uid)
+            })
+        };
+        return Ok(api
+            .get_opt(drill)
+            .await?
+            .filter(|i| i.spec.mode == IncidentMode::Drill && owns(i)));
+    }
+    let name = plan.name_any();
+    let incidents = api.list(&ListParams::default()).await?;
     Ok(incidents
         .items
         .into_iter()
         .filter(|i| i.spec.state == IncidentState::Open && i.spec.mode == IncidentMode::Real)
-        .filter(|i| i.spec.recovery_plans.iter().any(|p| p == plan))
+        .filter(|i| i.spec.recovery_plans.contains(&name))
         .max_by_key(|i| i.spec.compromised_since.0))
 }
 

@@ -733,7 +733,7 @@ async fn manifests(
     }
     if let Some(from) = &workload.from_backup {
         let plan_name = plan.name_any();
-        let restored = crate::backup::restore::objects(&ctx.client, &plan_name, service, from)
+        let restored = crate::backup::restore::objects(&ctx.client, plan, service, from)
             .await
             .map_err(kube_error(
                 "restore from a backup",
