@@ -9,7 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 runs=${1:-200000}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(plan)
+[ ${#targets[@]} -gt 0 ] || targets=(plan backup_open)
 
 rustup toolchain list | grep -q '^nightly' || { echo "fuzz: the nightly toolchain is needed: rustup toolchain install nightly" >&2; exit 1; }
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
