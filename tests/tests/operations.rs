@@ -1,11 +1,12 @@
 //! Production operations on the real control plane: the chart's RBAC is enough for a
-//! recovery and no more, and two replicas elect one leader that a standby replaces when it
-//! dies, without doing anything twice.
+//! recovery, a backup and its restore, grants and a lockdown, and no more; and two replicas
+//! elect one leader that a standby replaces when it dies, without doing anything twice.
 //!
 //! These tests start their own operator processes (target/debug/resurgo, built by
-//! tests/run.sh) with the chart's ServiceAccount token, never the admin's. Their plans carry
-//! `resurgo.dev/test-operator=<id>` and the operators select exactly that; the operator that
-//! tests/run.sh shares between all tests ignores every plan with that label.
+//! tests/run.sh) with the chart's ServiceAccount token, never the admin's. Their Resurgo
+//! objects (plans, stores, backups, access policies) carry `resurgo.dev/test-operator=<id>`
+//! and the operators select exactly that; the operator that tests/run.sh shares between all
+//! tests ignores every object with that label.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -173,6 +174,9 @@ impl Operator {
             .args(extra)
             .env("KUBECONFIG", &account.kubeconfig)
             .env("POD_NAME", name)
+            // As the chart's Deployment sets it: the access controller saves suspended
+            // bindings in this namespace, where the chart's Role for them lives.
+            .env("POD_NAMESPACE", &account.namespace)
             .env("RUST_LOG", "warn,resurgo=debug")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
@@ -450,11 +454,7 @@ async fn the_charts_service_account_is_enough_for_a_recovery_and_no_more() {
     .expect("the app's ConfigMap");
 
     // Nothing was refused along the way, not even an event.
-    let log = operator.log();
-    assert!(
-        !log.to_lowercase().contains("forbidden"),
-        "the operator was refused something:\n{log}"
-    );
+    assert_nothing_refused(&operator);
     // Only this operator acted on the plan: the shared one ignores test-operator plans.
     assert_eq!(
         event_reporters(&name),
@@ -541,6 +541,424 @@ async fn the_charts_service_account_is_enough_for_a_recovery_and_no_more() {
 
     drop(operator);
     cleanup(&account, &name);
+}
+
+/// No "forbidden" anywhere in the operator's log: the API server refused it nothing.
+fn assert_nothing_refused(operator: &Operator) {
+    let log = operator.log();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "{} was refused something:\n{log}",
+        operator.name
+    );
+}
+
+/// `kubectl get` with a jsonpath, as the admin; empty when the object is missing.
+fn jsonpath(args: &[&str], path: &str) -> String {
+    let output = format!("jsonpath={path}");
+    let mut all = vec!["get"];
+    all.extend_from_slice(args);
+    all.extend(["-o", output.as_str()]);
+    String::from_utf8_lossy(&kubectl(&all, None).stdout).into_owned()
+}
+
+/// Waits until `check` holds, checking every 200 ms, for at most `within`.
+async fn until(what: &str, within: Duration, operator: &Operator, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not true after {within:?}\n---- {}:\n{}",
+            operator.name,
+            operator.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn the_charts_service_account_is_enough_for_a_backup_and_its_restore() {
+    install_crds().await;
+    let id = unique_name("rbac-backup");
+    let account = install_chart_account(&id, &format!("{id}-lease"));
+    let operator = Operator::start(&account, &id, &format!("{id}-operator"), &[]);
+
+    // What the backup holds: a namespace with a ConfigMap, a Deployment, a Service, and a
+    // Secret that the chart's default (backup.includeSecrets: false) leaves out.
+    let source = format!("{id}-source");
+    let mut deployment = restricted_deployment("records", None);
+    deployment["metadata"]["namespace"] = json!(source);
+    for object in [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": source}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": source},
+               "data": {"mode": "clinical"}}),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tls", "namespace": source},
+               "stringData": {"key": "KEY"}}),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "records", "namespace": source},
+               "spec": {"selector": {"app": "records"}, "ports": [{"port": 80}]}}),
+        deployment,
+    ] {
+        apply(&object.to_string());
+    }
+
+    // A filesystem store (the operator runs on this machine) and a Backup that names no
+    // kinds, both for the private operator only.
+    let dir = std::env::temp_dir().join(format!("resurgo-store-{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = format!("{id}-store");
+    let backup = format!("{id}-backup");
+    let (identity, recipient) = resurgo::backup::archive::generate_identity();
+    apply(
+        &json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "BackupStore",
+                "metadata": {"name": store, "labels": {TEST_OPERATOR: id}},
+                "spec": {"filesystem": {"path": dir.to_str().unwrap()}}})
+        .to_string(),
+    );
+    apply(
+        &json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "Backup",
+                "metadata": {"name": backup, "labels": {TEST_OPERATOR: id}},
+                "spec": {"store": store, "include": {"namespaces": [source]},
+                         "encryption": {"recipients": [recipient]}}})
+        .to_string(),
+    );
+    until(
+        "the Backup finished",
+        Duration::from_secs(90),
+        &operator,
+        || {
+            matches!(
+                jsonpath(&["backup", &backup], "{.status.phase}").as_str(),
+                "Completed" | "Failed"
+            )
+        },
+    )
+    .await;
+    let status = jsonpath(&["backup", &backup], "{.status}");
+    assert_eq!(
+        jsonpath(&["backup", &backup], "{.status.phase}"),
+        "Completed",
+        "{status}\n{}",
+        operator.log()
+    );
+    // The ConfigMap, the Service and the Deployment; the Secret is left out, and said so.
+    assert_eq!(
+        jsonpath(&["backup", &backup], "{.status.items}"),
+        "3",
+        "{status}"
+    );
+    let completed = jsonpath(
+        &["backup", &backup],
+        r#"{.status.conditions[?(@.type=="Completed")].message}"#,
+    );
+    assert!(
+        completed.contains("left out because the operator may not list them")
+            && completed.contains("Secret"),
+        "{completed}"
+    );
+
+    // The restore, into a fresh namespace, with an identity Secret made for it.
+    let keys = format!("{id}-keys");
+    kubectl_ok(&["create", "namespace", &keys], None).unwrap();
+    kubectl_ok(
+        &[
+            "-n",
+            &keys,
+            "create",
+            "secret",
+            "generic",
+            "age-key",
+            "--from-file=identity=/dev/stdin",
+        ],
+        Some(&identity),
+    )
+    .unwrap();
+    let plan_name = format!("{id}-restore");
+    let restored = format!("{id}-restored");
+    apply(
+        &json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "RecoveryPlan",
+                "metadata": {"name": plan_name, "labels": {TEST_OPERATOR: id}},
+                "spec": {"tiers": [{"name": "clinical", "rto": "4h"}],
+                         "services": [{"name": "records", "tier": "clinical", "namespace": restored,
+                                       "workload": {"fromBackup": {
+                                           "backup": backup, "sourceNamespace": source,
+                                           "identitySecretRef": {"name": "age-key", "namespace": keys}}},
+                                       "readiness": {"timeout": "2m"}}]}})
+        .to_string(),
+    );
+    wait_ready(&plan_name, "120s", &[&operator]);
+    assert_eq!(
+        jsonpath(&["-n", &restored, "configmap", "settings"], "{.data.mode}"),
+        "clinical"
+    );
+    assert_eq!(
+        jsonpath(
+            &["-n", &restored, "deployment", "records"],
+            "{.spec.template.spec.containers[0].image}"
+        ),
+        "registry.example/app:1"
+    );
+    assert_eq!(
+        jsonpath(
+            &["-n", &restored, "service", "records"],
+            "{.spec.ports[0].port}"
+        ),
+        "80"
+    );
+    assert!(
+        kubectl(&["-n", &restored, "get", "secret", "tls"], None)
+            .status
+            .code()
+            != Some(0),
+        "a Secret was restored"
+    );
+
+    assert_nothing_refused(&operator);
+    // Only the private operator acted on them.
+    let reporters = BTreeSet::from([operator.name.clone()]);
+    assert_eq!(event_reporters(&backup), reporters);
+    assert_eq!(event_reporters(&plan_name), reporters);
+
+    drop(operator);
+    let _ = kubectl(
+        &[
+            "delete",
+            "backup,backupstore",
+            &backup,
+            &store,
+            "--wait=false",
+        ],
+        None,
+    );
+    for namespace in [&source, &restored, &keys] {
+        let _ = kubectl(&["delete", "namespace", namespace, "--wait=false"], None);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    cleanup(&account, &plan_name);
+}
+
+/// A lockdown suspends every human binding in the cluster: one at a time in this binary
+/// (the other binaries do not run meanwhile).
+static LOCKDOWN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Puts the policy back to Normal, waits until its operator has restored what it
+/// suspended, then deletes it: on every path out of the test, panics included. Dropped
+/// before the operator (declared after it), which must still run to restore.
+struct BackToNormal {
+    policy: String,
+}
+
+impl Drop for BackToNormal {
+    fn drop(&mut self) {
+        let _ = kubectl(
+            &[
+                "patch",
+                "accesspolicy",
+                &self.policy,
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"mode":"Normal"}}"#,
+            ],
+            None,
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            let state = jsonpath(
+                &["accesspolicy", &self.policy],
+                "{.status.mode} {.status.suspendedBindings}",
+            );
+            if state == "Normal 0" || state == "Normal " {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = kubectl(
+            &["delete", "accesspolicy", &self.policy, "--timeout=30s"],
+            None,
+        );
+    }
+}
+
+fn policy_state(policy: &str) -> String {
+    jsonpath(
+        &["accesspolicy", policy],
+        r#"{.metadata.generation} {.status.observedGeneration} {.status.mode} {.status.conditions[?(@.type=="Ready")].status}"#,
+    )
+}
+
+/// Waits until the policy's status is of its current generation, in `mode`, and Ready.
+async fn policy_ready(policy: &str, mode: &str, operator: &Operator) {
+    until(
+        &format!("accesspolicy/{policy} Ready in {mode}"),
+        Duration::from_secs(60),
+        operator,
+        || {
+            let state = policy_state(policy);
+            let parts: Vec<&str> = state.split(' ').collect();
+            parts.len() == 4 && parts[0] == parts[1] && parts[2] == mode && parts[3] == "True"
+        },
+    )
+    .await;
+}
+
+/// `kubectl auth can-i get configmaps -n NAMESPACE --as USER`, as the admin.
+fn user_can_read(user: &str, namespace: &str) -> bool {
+    let output = kubectl(
+        &[
+            "auth",
+            "can-i",
+            "get",
+            "configmaps",
+            "-n",
+            namespace,
+            &format!("--as={user}"),
+        ],
+        None,
+    );
+    String::from_utf8_lossy(&output.stdout).trim() == "yes"
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn the_charts_service_account_is_enough_for_grants_and_a_lockdown() {
+    install_crds().await;
+    let _one_lockdown = LOCKDOWN.lock().await;
+    let id = unique_name("rbac-access");
+    let account = install_chart_account(&id, &format!("{id}-lease"));
+    let operator = Operator::start(&account, &id, &format!("{id}-operator"), &[]);
+    let namespace = format!("{id}-ward");
+    kubectl_ok(&["create", "namespace", &namespace], None).unwrap();
+    let technician = format!("{id}-technician");
+    let nurse = format!("{id}-nurse");
+
+    // A human binding the admin made by hand.
+    kubectl_ok(
+        &[
+            "-n",
+            &namespace,
+            "create",
+            "rolebinding",
+            "by-hand",
+            "--clusterrole=view",
+            &format!("--user={nurse}"),
+        ],
+        None,
+    )
+    .unwrap();
+    assert!(user_can_read(&nurse, &namespace));
+    assert!(!user_can_read(&technician, &namespace));
+
+    // A grant, for the private operator only.
+    let policy = format!("{id}-policy");
+    let expiry = k8s_openapi::jiff::Timestamp::from_second(
+        k8s_openapi::jiff::Timestamp::now().as_second() + 300,
+    )
+    .unwrap();
+    let manifest = |mode: &str| {
+        json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "AccessPolicy",
+               "metadata": {"name": policy, "labels": {TEST_OPERATOR: id}},
+               "spec": {"mode": mode,
+                        "grants": [{"name": "technician", "subject": {"kind": "User", "name": technician},
+                                    "clusterRole": "view", "namespaces": [namespace],
+                                    "expiresAt": expiry.to_string(), "reason": "remote session"}]}})
+        .to_string()
+    };
+    apply(&manifest("Normal"));
+    let back_to_normal = BackToNormal {
+        policy: policy.clone(),
+    };
+    policy_ready(&policy, "Normal", &operator).await;
+    until(
+        "the grant gives access",
+        Duration::from_secs(5),
+        &operator,
+        || user_can_read(&technician, &namespace),
+    )
+    .await;
+
+    // Lockdown: the hand-made binding is suspended (saved in the release namespace), the
+    // grant stays.
+    apply(&manifest("Lockdown"));
+    policy_ready(&policy, "Lockdown", &operator).await;
+    let suspended = jsonpath(&["accesspolicy", &policy], "{.status.suspendedBindings}");
+    assert!(
+        suspended.parse::<u32>().is_ok_and(|n| n >= 1),
+        "{suspended}"
+    );
+    assert!(
+        kubectl(&["-n", &namespace, "get", "rolebinding", "by-hand"], None)
+            .status
+            .code()
+            != Some(0),
+        "the human binding is still there"
+    );
+    let saves_of_policy = format!("--selector=resurgo.dev/access-policy={policy}");
+    let saves = || {
+        kubectl_ok(
+            &[
+                "-n",
+                &account.namespace,
+                "get",
+                "secrets",
+                &saves_of_policy,
+                "-o",
+                "name",
+            ],
+            None,
+        )
+        .unwrap()
+    };
+    assert!(
+        !saves().trim().is_empty(),
+        "nothing saved in {}",
+        account.namespace
+    );
+    until(
+        "the nurse has lost access",
+        Duration::from_secs(5),
+        &operator,
+        || !user_can_read(&nurse, &namespace),
+    )
+    .await;
+    assert!(user_can_read(&technician, &namespace), "grants stay");
+
+    // Back to Normal: the binding returns, and its save goes.
+    apply(&manifest("Normal"));
+    policy_ready(&policy, "Normal", &operator).await;
+    until(
+        "the nurse has access again",
+        Duration::from_secs(10),
+        &operator,
+        || user_can_read(&nurse, &namespace),
+    )
+    .await;
+    assert_eq!(
+        jsonpath(
+            &["-n", &namespace, "rolebinding", "by-hand"],
+            "{.roleRef.name} {.subjects[0].name}"
+        ),
+        format!("view {nurse}")
+    );
+    until(
+        "the saves are deleted",
+        Duration::from_secs(10),
+        &operator,
+        || saves().trim().is_empty(),
+    )
+    .await;
+
+    assert_nothing_refused(&operator);
+    assert_eq!(
+        event_reporters(&policy),
+        BTreeSet::from([operator.name.clone()]),
+        "only the private operator acted on the policy"
+    );
+
+    drop(back_to_normal);
+    assert_nothing_refused(&operator);
+    drop(operator);
+    let _ = kubectl(&["delete", "namespace", &namespace, "--wait=false"], None);
+    cleanup(&account, "none");
 }
 
 fn cleanup(account: &ChartAccount, plan: &str) {
