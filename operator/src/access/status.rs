@@ -2,13 +2,13 @@
 //! missing and how many bindings the lockdown holds: mode, grants in force with their
 //! bindings, the next expiry, and the kstatus conditions `Ready` and `Stalled`.
 
-use k8s_openapi::{
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
-    jiff::Timestamp,
-};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use super::desired::{self, binding_name};
-use crate::api::access_policy::{AccessMode, AccessPolicy, AccessPolicyStatus, ActiveGrant};
+use crate::{
+    api::access_policy::{AccessMode, AccessPolicy, AccessPolicyStatus, ActiveGrant},
+    conditions::conditions,
+};
 
 /// The status after a reconcile that applied everything it could. `missing` lists the
 /// namespaces that grants or remote-access rules name and that do not exist: their objects
@@ -118,32 +118,6 @@ pub fn compute(
         next_expiry: desired::next_expiry(spec, now).map(Time),
         suspended_bindings: suspended,
     }
-}
-
-fn conditions<const N: usize>(
-    previous: &[Condition],
-    generation: Option<i64>,
-    now: Timestamp,
-    wanted: [(&str, bool, &str, &str); N],
-) -> Vec<Condition> {
-    wanted
-        .into_iter()
-        .map(|(type_, status, reason, message)| {
-            let status = if status { "True" } else { "False" };
-            let last_transition_time = previous
-                .iter()
-                .find(|c| c.type_ == type_ && c.status == status)
-                .map_or(Time(now), |c| c.last_transition_time.clone());
-            Condition {
-                type_: type_.into(),
-                status: status.into(),
-                reason: reason.into(),
-                message: message.into(),
-                observed_generation: generation,
-                last_transition_time,
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
