@@ -11,14 +11,18 @@
 //! take the emergency services it rebuilt down with it.
 
 pub(crate) mod desired;
+mod outbox;
 mod readiness;
 mod status;
+mod workload;
+
+use outbox::Outbox;
 
 use status::Hold;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration as StdDuration};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, Deployment, StatefulSet},
@@ -31,18 +35,19 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, PartialObjectMeta, Patch, PatchParams, PostParams},
     core::ApiResource,
-    discovery::{self, Scope},
+    discovery::Scope,
     runtime::{
         Controller, WatchStreamExt,
         controller::{self, Action},
         events::{Event, EventType, Recorder, Reporter},
+        predicates,
         reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
@@ -66,6 +71,8 @@ use crate::{
 const DEFAULT_TIMEOUT: StdDuration = StdDuration::from_secs(30 * 60);
 /// `maxParallel` when the plan sets none.
 const DEFAULT_MAX_PARALLEL: u32 = 10;
+/// How many services a reconcile moves on at once; each makes a few API requests.
+const SERVICES_IN_FLIGHT: usize = 16;
 
 /// What a reconcile could not do. Each variant names the object it failed on.
 #[derive(Debug, thiserror::Error)]
@@ -94,11 +101,12 @@ fn kube_error(
 /// What every reconcile shares.
 pub struct Context {
     client: Client,
-    recorder: Recorder,
+    /// Events and status writes, delivered in the background (see [`outbox`]).
+    outbox: Outbox,
     metrics: Arc<Metrics>,
     /// API resources of the kinds found in workloads, discovered once each.
     kinds: Mutex<BTreeMap<String, (ApiResource, Scope)>>,
-    /// The last status written per plan, with the plan's uid (see [`last_status`]).
+    /// The last status computed per plan, with the plan's uid (see [`last_status`]).
     written: Mutex<BTreeMap<String, (Option<String>, RecoveryPlanStatus)>>,
     /// The workloads the operator created, as its watches last saw them: a ready service is
     /// checked against these on every reconcile, which would otherwise cost a read per
@@ -108,10 +116,13 @@ pub struct Context {
     restore_points: Mutex<BTreeMap<(String, String), String>>,
 }
 
+/// Names of the plans' workloads, metadata only: what a ready service needs to know is
+/// whether its objects still exist, and whole Deployments with their managedFields cost
+/// about 20 KB each in memory.
 struct Created {
-    deployments: Store<Deployment>,
-    stateful_sets: Store<StatefulSet>,
-    daemon_sets: Store<DaemonSet>,
+    deployments: Store<PartialObjectMeta<Deployment>>,
+    stateful_sets: Store<PartialObjectMeta<StatefulSet>>,
+    daemon_sets: Store<PartialObjectMeta<DaemonSet>>,
 }
 
 impl Created {
@@ -138,8 +149,15 @@ impl Created {
     }
 }
 
-/// A cache of `K` objects carrying the plan label, kept up to date by its own watch.
-async fn cache<K>(api: Api<K>) -> Store<K>
+/// A watch of the metadata of `K` objects carrying the plan label, reflected into a store
+/// before each change reaches the controller: a reconcile woken by a deletion finds the
+/// object already gone from the store.
+fn reflected<K>(
+    client: &Client,
+) -> (
+    Store<PartialObjectMeta<K>>,
+    impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static,
+)
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -152,17 +170,15 @@ where
     let (reader, writer) = reflector::store();
     // With backoff: a watch refused (403 under too narrow RBAC, an API server restarting)
     // is retried with growing pauses, not in a tight loop that floods the log.
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default().labels(labels::PLAN)),
+    let stream = watcher(
+        Api::<PartialObjectMeta<K>>::all(client.clone()),
+        watcher::Config::default().labels(labels::PLAN),
     )
-    .default_backoff();
-    tokio::spawn(stream.for_each(|_| futures::future::ready(())));
-    // Until the first list is in, every object would look deleted and be rebuilt.
-    if reader.wait_until_ready().await.is_err() {
-        warn!("a workload cache stopped before it was filled");
-    }
-    reader
+    .default_backoff()
+    .modify(|object| object.managed_fields_mut().clear())
+    .reflect(writer)
+    .touched_objects();
+    (reader, stream)
 }
 
 /// The kind this controller reconciles, as its metrics name it.
@@ -175,37 +191,58 @@ pub async fn run(shared: Shared) {
         controller: "resurgo".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    let (deployments, deployment_changes) = reflected::<Deployment>(&client);
+    let (stateful_sets, stateful_set_changes) = reflected::<StatefulSet>(&client);
+    let (daemon_sets, daemon_set_changes) = reflected::<DaemonSet>(&client);
     let context = Arc::new(Context {
         client: client.clone(),
-        recorder: Recorder::new(client.clone(), reporter),
+        outbox: Outbox::start(client.clone(), Recorder::new(client.clone(), reporter)),
         metrics: shared.metrics.clone(),
         kinds: Mutex::default(),
         written: Mutex::default(),
         created: Created {
-            deployments: cache(Api::all(client.clone())).await,
-            stateful_sets: cache(Api::all(client.clone())).await,
-            daemon_sets: cache(Api::all(client.clone())).await,
+            deployments: deployments.clone(),
+            stateful_sets: stateful_sets.clone(),
+            daemon_sets: daemon_sets.clone(),
         },
         restore_points: Mutex::default(),
     });
-    let ours = watcher::Config::default().labels(labels::PLAN);
-    let controller = Controller::new(
+    // The plans, without managedFields (a third of a large plan's size, never read), and
+    // only when their spec changes: the status is this operator's own (see `last_status`),
+    // so its writes need no reconcile.
+    let (plans, plan_writer) = reflector::store();
+    let plan_changes = watcher(
         Api::<RecoveryPlan>::all(client.clone()),
         shared.watch_config(),
-    );
+    )
+    .default_backoff()
+    .modify(|plan| plan.managed_fields_mut().clear())
+    .reflect(plan_writer)
+    .applied_objects()
+    .predicate_filter(predicates::generation, Default::default());
     shared.kind_listed(Api::<RecoveryPlan>::all(client.clone()));
-    controller
-        .watches(
-            Api::<Deployment>::all(client.clone()),
-            ours.clone(),
-            plan_of,
-        )
-        .watches(
-            Api::<StatefulSet>::all(client.clone()),
-            ours.clone(),
-            plan_of,
-        )
-        .watches(Api::<DaemonSet>::all(client.clone()), ours.clone(), plan_of)
+    let controller = Controller::for_stream(plan_changes, plans);
+    // Until the first lists are in, every workload would look deleted and be rebuilt.
+    // They fill as the controller polls their watches, so a reconcile waits, not `run`.
+    let stores_ready = async move {
+        for ready in [
+            deployments.wait_until_ready().await,
+            stateful_sets.wait_until_ready().await,
+            daemon_sets.wait_until_ready().await,
+        ] {
+            if ready.is_err() {
+                warn!("a workload cache stopped before it was filled");
+            }
+        }
+    }
+    .boxed()
+    .shared();
+    let stopping = shared.shutdown().boxed().shared();
+    let ours = watcher::Config::default().labels(labels::PLAN);
+    let controller = controller
+        .watches_stream(deployment_changes, plan_of)
+        .watches_stream(stateful_set_changes, plan_of)
+        .watches_stream(daemon_set_changes, plan_of)
         .watches(Api::<Job>::all(client.clone()), ours, plan_of)
         // An incident reaching its Recover step starts the plans it names (`trigger: Incident`).
         .watches(
@@ -220,8 +257,24 @@ pub async fn run(shared: Shared) {
                     .collect::<Vec<_>>()
             },
         )
-        .graceful_shutdown_on(shared.shutdown())
-        .run(reconcile, error_policy, context)
+        .graceful_shutdown_on(shared.shutdown());
+    let reconciles = controller
+        .run(
+            move |plan, ctx| {
+                let stores_ready = stores_ready.clone();
+                let stopping = stopping.clone();
+                async move {
+                    // A stop stops the watches that would fill the stores: a reconcile
+                    // still waiting for them then would hold the shutdown up forever.
+                    tokio::select! {
+                        () = stores_ready => reconcile(plan, ctx).await,
+                        () = stopping => Ok(Action::await_change()),
+                    }
+                }
+            },
+            error_policy,
+            context,
+        )
         .for_each(|result| async move {
             match result {
                 Ok((plan, _)) => tracing::debug!(plan = %plan.name, "reconciled"),
@@ -231,8 +284,8 @@ pub async fn run(shared: Shared) {
                 }
                 Err(error) => warn!(%error, "reconcile failed"),
             }
-        })
-        .await;
+        });
+    reconciles.await;
 }
 
 fn plan_of<K: Resource>(object: K) -> Option<ObjectRef<RecoveryPlan>> {
@@ -264,8 +317,8 @@ async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Action,
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join("; ");
-                publish(&ctx, &plan, EventType::Warning, "InvalidPlan", message).await;
-                write_status(&ctx, &plan, &status).await?;
+                publish(&ctx, &plan, EventType::Warning, "InvalidPlan", message);
+                write_status(&ctx, &plan, &status).await;
             }
             return Ok(Action::await_change());
         }
@@ -273,19 +326,38 @@ async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Action,
 
     // One service's trouble (an API error, a missing namespace) must not hold the others
     // back: it is noted on the service, the rest goes on, and the reconcile is retried.
+    // Services are independent of each other within a reconcile, so their steps run side
+    // by side: at a tier boundary hundreds start at once.
     let mut first_error: Option<Error> = None;
     let mut services = known_services(&plan, &previous);
-    for service in &plan.spec.services {
-        let record = services
-            .get_mut(&service.name)
-            .expect("every service has a record");
-        if !is_started(record.phase) {
-            continue;
-        }
-        if let Err(error) = advance(&ctx, &plan, service, record, now).await {
+    let started: Vec<(&Service, ServiceStatus)> = plan
+        .spec
+        .services
+        .iter()
+        .map(|service| (service, services[&service.name].clone()))
+        .filter(|(_, record)| is_started(record.phase))
+        .collect();
+    let advancing: Vec<_> = started
+        .into_iter()
+        .map(|(service, mut record)| {
+            let ctx = &ctx;
+            let plan = &plan;
+            async move {
+                let result = advance(ctx, plan, service, &mut record, now).await;
+                (record, result)
+            }
+        })
+        .collect();
+    let advanced = futures::stream::iter(advancing)
+        .buffer_unordered(SERVICES_IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+    for (mut record, result) in advanced {
+        if let Err(error) = result {
             record.message = Some(format!("will retry: {error}"));
             first_error.get_or_insert(error);
         }
+        services.insert(record.name.clone(), record);
     }
 
     let steps = order.next_steps(&progress(&services));
@@ -304,19 +376,37 @@ async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Action,
             record.message = Some(hold.message().into());
         }
     } else {
-        for service_name in steps.start.iter().take(room) {
-            let service = spec_of(&plan, service_name);
-            let record = services
-                .get_mut(service_name)
-                .expect("planned services have records");
-            let started = match start(&ctx, &plan, service, record, now).await {
-                Ok(()) => advance(&ctx, &plan, service, record, now).await,
-                Err(error) => Err(error),
-            };
-            if let Err(error) = started {
+        // In the planner's order (longest chain first): `buffered` starts them in that order.
+        let starting: Vec<(&Service, ServiceStatus)> = steps
+            .start
+            .iter()
+            .take(room)
+            .map(|name| (spec_of(&plan, name), services[name].clone()))
+            .collect();
+        let starting: Vec<_> = starting
+            .into_iter()
+            .map(|(service, mut record)| {
+                let ctx = &ctx;
+                let plan = &plan;
+                async move {
+                    let result = match start(ctx, plan, service, &mut record, now).await {
+                        Ok(()) => advance(ctx, plan, service, &mut record, now).await,
+                        Err(error) => Err(error),
+                    };
+                    (record, result)
+                }
+            })
+            .collect();
+        let started = futures::stream::iter(starting)
+            .buffered(SERVICES_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+        for (mut record, result) in started {
+            if let Err(error) = result {
                 record.message = Some(format!("will retry: {error}"));
                 first_error.get_or_insert(error);
             }
+            services.insert(record.name.clone(), record);
         }
     }
     for blocked in &steps.blocked {
@@ -346,9 +436,9 @@ async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Action,
 
     let status = status::compute(&plan, &order, &services, &previous, hold, now);
     ctx.metrics.recovery_progress(&plan, &status);
-    announce(&ctx, &plan, &previous, &status).await;
+    announce(&ctx, &plan, &previous, &status);
     if status != previous {
-        write_status(&ctx, &plan, &status).await?;
+        write_status(&ctx, &plan, &status).await;
     }
     if let Some(error) = first_error {
         return Err(error);
@@ -536,8 +626,7 @@ async fn start(
                 wanted.name,
                 wanted.keys.len()
             ),
-        )
-        .await;
+        );
     }
     record.started = Some(Time(now));
     record.ready = None;
@@ -577,8 +666,7 @@ async fn advance(
                 EventType::Warning,
                 "ServiceLost",
                 format!("{}: objects disappeared; it will be rebuilt", service.name),
-            )
-            .await;
+            );
         }
         return Ok(());
     }
@@ -630,7 +718,7 @@ async fn advance(
         };
         if !reached(
             record,
-            apply_workload(ctx, &plan_name, service, &manifests).await?,
+            workload::apply(ctx, &plan_name, service, &manifests).await?,
             ServicePhase::Deploying,
         ) {
             return Ok(());
@@ -751,8 +839,7 @@ async fn manifests(
                         EventType::Normal,
                         "RestorePointChosen",
                         format!("{}: {description}", service.name),
-                    )
-                    .await;
+                    );
                     ctx.restore_points.lock().await.insert(key, description);
                 }
                 Ok(objects)
@@ -813,148 +900,17 @@ async fn manifests(
     Ok(Ok(out))
 }
 
-/// Applies the manifests that are missing and says whether all of them are ready.
-async fn apply_workload(
-    ctx: &Context,
-    plan: &str,
-    service: &Service,
-    manifests: &[Value],
-) -> Result<readiness::Readiness, Error> {
-    let mut waiting = Vec::new();
-    for (index, manifest) in manifests.iter().enumerate() {
-        let object = desired::workload_object(manifest, &service.namespace, plan, &service.name);
-        let api = match object_api(ctx, &object, &service.namespace).await? {
-            Ok(api) => api,
-            Err(message) => {
-                return Ok(readiness::Readiness::Failed(format!(
-                    "manifests[{index}]: {message}"
-                )));
-            }
-        };
-        let name = object["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let current = api
-            .get_opt(&name)
-            .await
-            .map_err(kube_error("read", describe(&object)))?;
-        let current = match current {
-            Some(current) => current,
-            None => {
-                let patch = PatchParams::apply(FIELD_MANAGER).force();
-                match api.patch(&name, &patch, &Patch::Apply(&object)).await {
-                    Ok(created) => created,
-                    Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
-                        return Ok(readiness::Readiness::Failed(format!(
-                            "{} was rejected: {}",
-                            describe(&object),
-                            status.message
-                        )));
-                    }
-                    Err(error) => return Err(kube_error("apply", describe(&object))(error)),
-                }
-            }
-        };
-        match readiness::of(&serde_json::to_value(&current).unwrap_or_default()) {
-            readiness::Readiness::Ready => {}
-            readiness::Readiness::Failed(message) => {
-                return Ok(readiness::Readiness::Failed(message));
-            }
-            readiness::Readiness::Progressing(message) => waiting.push(message),
-        }
-    }
-    Ok(if waiting.is_empty() {
-        readiness::Readiness::Ready
-    } else {
-        readiness::Readiness::Progressing(waiting.join("; "))
-    })
-}
-
 /// Whether every object of a ready service's workload still exists.
 async fn workload_present(
     ctx: &Context,
     plan: &RecoveryPlan,
     service: &Service,
 ) -> Result<bool, Error> {
-    let manifests = match manifests(ctx, plan, service).await? {
-        Ok(manifests) => manifests,
-        Err(_) => return Ok(true),
-    };
-    for manifest in &manifests {
-        let object = desired::workload_object(manifest, &service.namespace, "", &service.name);
-        let name = object["metadata"]["name"].as_str().unwrap_or_default();
-        let kind = object["kind"].as_str().unwrap_or_default();
-        // The cache answers the common case; a miss is confirmed with a read, since the
-        // cache may not have seen an object created a moment ago.
-        if ctx.created.has(kind, &service.namespace, name) == Some(true) {
-            continue;
-        }
-        let Ok(api) = object_api(ctx, &object, &service.namespace).await? else {
-            continue;
-        };
-        if api
-            .get_opt(name)
-            .await
-            .map_err(kube_error("read", describe(&object)))?
-            .is_none()
-        {
-            return Ok(false);
-        }
+    match manifests(ctx, plan, service).await? {
+        Ok(manifests) => workload::present(ctx, &plan.name_any(), service, &manifests).await,
+        // Nothing to compare with: not a reason to rebuild.
+        Err(_) => Ok(true),
     }
-    Ok(true)
-}
-
-fn describe(object: &Value) -> String {
-    format!(
-        "{} {}/{}",
-        object["kind"].as_str().unwrap_or("object"),
-        object["metadata"]["namespace"].as_str().unwrap_or_default(),
-        object["metadata"]["name"].as_str().unwrap_or_default()
-    )
-}
-
-/// The API of a manifest's kind in the service's namespace, or why it cannot be applied.
-async fn object_api(
-    ctx: &Context,
-    object: &Value,
-    namespace: &str,
-) -> Result<Result<Api<DynamicObject>, String>, Error> {
-    let api_version = object["apiVersion"].as_str().unwrap_or_default();
-    let kind = object["kind"].as_str().unwrap_or_default();
-    if object["metadata"]["name"]
-        .as_str()
-        .is_none_or(str::is_empty)
-    {
-        return Ok(Err(format!("{kind} has no metadata.name")));
-    }
-    let key = format!("{api_version}/{kind}");
-    let mut kinds = ctx.kinds.lock().await;
-    if !kinds.contains_key(&key) {
-        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-        let gvk = GroupVersionKind::gvk(group, version, kind);
-        match discovery::pinned_kind(&ctx.client, &gvk).await {
-            Ok((resource, capabilities)) => {
-                kinds.insert(key.clone(), (resource, capabilities.scope));
-            }
-            Err(error) => {
-                return Ok(Err(format!(
-                    "{api_version} {kind} is not served by this cluster: {error}"
-                )));
-            }
-        }
-    }
-    let (resource, scope) = kinds[&key].clone();
-    if scope == Scope::Cluster {
-        return Ok(Err(format!(
-            "{kind} is cluster-scoped: a service's workload lives in its namespace"
-        )));
-    }
-    Ok(Ok(Api::namespaced_with(
-        ctx.client.clone(),
-        namespace,
-        &resource,
-    )))
 }
 
 /// When the earliest running service times out, so that its failure is noticed on time.
@@ -984,37 +940,21 @@ fn next_deadline(
         .min()
 }
 
-async fn write_status(
-    ctx: &Context,
-    plan: &RecoveryPlan,
-    status: &RecoveryPlanStatus,
-) -> Result<(), Error> {
+/// Records the status as this operator's truth and queues it for writing.
+async fn write_status(ctx: &Context, plan: &RecoveryPlan, status: &RecoveryPlanStatus) {
     let name = plan.name_any();
-    let patch =
-        json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "RecoveryPlan", "status": status});
-    Api::<RecoveryPlan>::all(ctx.client.clone())
-        .patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(kube_error(
-            "write status of",
-            format!("RecoveryPlan {name}"),
-        ))?;
     ctx.written
         .lock()
         .await
-        .insert(name, (plan.uid(), status.clone()));
-    Ok(())
+        .insert(name.clone(), (plan.uid(), status.clone()));
+    ctx.outbox.status(name, plan.uid(), status.clone());
 }
 
-/// The status this operator last wrote for the plan, or the plan's own when it wrote none
-/// (since it started, or for an earlier plan of the same name). A reconcile is handed the
-/// plan from the watch cache, which can lag behind the last status write: trusting it would
-/// start services a second time. Only this operator writes the status, so its own last
-/// write is the truth.
+/// The status this operator last computed for the plan, or the plan's own when it computed
+/// none (since it started, or for an earlier plan of the same name). A reconcile is handed
+/// the plan from the watch cache, which lags behind the status writes (and those are made
+/// in the background): trusting it would start services a second time. Only this operator
+/// writes the status, so its own last one is the truth.
 async fn last_status(ctx: &Context, plan: &RecoveryPlan) -> RecoveryPlanStatus {
     match ctx.written.lock().await.get(&plan.name_any()) {
         Some((uid, status)) if *uid == plan.uid() => status.clone(),
@@ -1022,7 +962,7 @@ async fn last_status(ctx: &Context, plan: &RecoveryPlan) -> RecoveryPlanStatus {
     }
 }
 
-async fn publish(ctx: &Context, plan: &RecoveryPlan, type_: EventType, reason: &str, note: String) {
+fn publish(ctx: &Context, plan: &RecoveryPlan, type_: EventType, reason: &str, note: String) {
     let event = Event {
         type_,
         reason: reason.into(),
@@ -1030,15 +970,12 @@ async fn publish(ctx: &Context, plan: &RecoveryPlan, type_: EventType, reason: &
         action: "Recover".into(),
         secondary: None,
     };
-    // An event that cannot be written must not stop a recovery.
-    if let Err(error) = ctx.recorder.publish(&event, &plan.object_ref(&())).await {
-        warn!(plan = %plan.name_any(), %error, "could not publish event");
-    }
+    ctx.outbox.event(event, plan.object_ref(&()));
 }
 
 /// One Event per transition: a service started, became ready, failed or is blocked behind a
 /// failure; a tier finished; the plan recovered.
-async fn announce(
+fn announce(
     ctx: &Context,
     plan: &RecoveryPlan,
     previous: &RecoveryPlanStatus,
@@ -1067,8 +1004,7 @@ async fn announce(
             type_,
             reason,
             format!("{} (tier {}): {message}", service.name, service.tier),
-        )
-        .await;
+        );
     }
     for tier in &status.tiers {
         let before = previous
@@ -1086,8 +1022,7 @@ async fn announce(
                     "tier {} is ready (RTO {}: {:?})",
                     tier.name, tier.rto_target, tier.rto
                 ),
-            )
-            .await;
+            );
         }
     }
     if let Some(phase) = status.phase.filter(|phase| previous.phase != Some(*phase)) {
@@ -1103,7 +1038,6 @@ async fn announce(
             type_,
             &format!("Plan{phase:?}"),
             format!("{ready} services ready"),
-        )
-        .await;
+        );
     }
 }
