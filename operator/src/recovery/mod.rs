@@ -35,13 +35,13 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ListParams, PartialObjectMeta, Patch, PatchParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
     core::ApiResource,
     discovery::Scope,
     runtime::{
         Controller, WatchStreamExt,
         controller::{self, Action},
-        events::{Event, EventType, Recorder, Reporter},
+        events::{Event, EventType, Reporter},
         predicates,
         reflector::{self, ObjectRef, Store},
         watcher,
@@ -116,50 +116,88 @@ pub struct Context {
     restore_points: Mutex<BTreeMap<(String, String), String>>,
 }
 
-/// Names of the plans' workloads, metadata only: what a ready service needs to know is
-/// whether its objects still exist, and whole Deployments with their managedFields cost
-/// about 20 KB each in memory.
+/// The plans' workloads as their watches last saw them, slimmed (see [`slim`]): what a
+/// reconcile needs of them is whether they exist and how ready they are, and that it can
+/// read here instead of asking the API server once per service per reconcile.
 struct Created {
-    deployments: Store<PartialObjectMeta<Deployment>>,
-    stateful_sets: Store<PartialObjectMeta<StatefulSet>>,
-    daemon_sets: Store<PartialObjectMeta<DaemonSet>>,
+    deployments: Store<Deployment>,
+    stateful_sets: Store<StatefulSet>,
+    daemon_sets: Store<DaemonSet>,
 }
 
 impl Created {
-    /// Whether the cache has the object; `None` for kinds it does not hold.
-    fn has(&self, kind: &str, namespace: &str, name: &str) -> Option<bool> {
-        match kind {
-            "Deployment" => Some(
-                self.deployments
-                    .get(&ObjectRef::new(name).within(namespace))
-                    .is_some(),
-            ),
-            "StatefulSet" => Some(
-                self.stateful_sets
-                    .get(&ObjectRef::new(name).within(namespace))
-                    .is_some(),
-            ),
-            "DaemonSet" => Some(
-                self.daemon_sets
-                    .get(&ObjectRef::new(name).within(namespace))
-                    .is_some(),
-            ),
+    /// The object as a JSON value; `None` when the cache does not have it or does not hold
+    /// its kind.
+    fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        fn find<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Value>
+        where
+            K: Resource<DynamicType = ()> + Clone + serde::Serialize,
+        {
+            let object = store.get(&ObjectRef::new(name).within(namespace))?;
+            serde_json::to_value(&*object).ok()
+        }
+        let mut object = match kind {
+            "Deployment" => find(&self.deployments, namespace, name),
+            "StatefulSet" => find(&self.stateful_sets, namespace, name),
+            "DaemonSet" => find(&self.daemon_sets, namespace, name),
             _ => None,
+        }?;
+        object["kind"] = Value::String(kind.to_owned());
+        Some(object)
+    }
+}
+
+/// What a workload cache keeps of an object: its identity, generation, replica count and
+/// status, without managedFields, annotations or the pod template, which are most of its
+/// size (a whole Deployment is about 20 KB in memory).
+trait Slim {
+    fn slim(&mut self);
+}
+
+impl Slim for Deployment {
+    fn slim(&mut self) {
+        slim_metadata(&mut self.metadata);
+        if let Some(spec) = self.spec.as_mut() {
+            spec.template = Default::default();
         }
     }
 }
 
-/// A watch of the metadata of `K` objects carrying the plan label, reflected into a store
-/// before each change reaches the controller: a reconcile woken by a deletion finds the
-/// object already gone from the store.
+impl Slim for StatefulSet {
+    fn slim(&mut self) {
+        slim_metadata(&mut self.metadata);
+        if let Some(spec) = self.spec.as_mut() {
+            spec.template = Default::default();
+            spec.volume_claim_templates = None;
+        }
+    }
+}
+
+impl Slim for DaemonSet {
+    fn slim(&mut self) {
+        slim_metadata(&mut self.metadata);
+        if let Some(spec) = self.spec.as_mut() {
+            spec.template = Default::default();
+        }
+    }
+}
+
+fn slim_metadata(metadata: &mut kube::api::ObjectMeta) {
+    metadata.managed_fields = None;
+    metadata.annotations = None;
+}
+
+/// A watch of `K` objects carrying the plan label, reflected into a store before each
+/// change reaches the controller: a reconcile woken by a change finds it in the store.
 fn reflected<K>(
     client: &Client,
 ) -> (
-    Store<PartialObjectMeta<K>>,
-    impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static,
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
 )
 where
     K: Resource<DynamicType = ()>
+        + Slim
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
@@ -171,11 +209,11 @@ where
     // With backoff: a watch refused (403 under too narrow RBAC, an API server restarting)
     // is retried with growing pauses, not in a tight loop that floods the log.
     let stream = watcher(
-        Api::<PartialObjectMeta<K>>::all(client.clone()),
+        Api::<K>::all(client.clone()),
         watcher::Config::default().labels(labels::PLAN),
     )
     .default_backoff()
-    .modify(|object| object.managed_fields_mut().clear())
+    .modify(Slim::slim)
     .reflect(writer)
     .touched_objects();
     (reader, stream)
@@ -196,7 +234,7 @@ pub async fn run(shared: Shared) {
     let (daemon_sets, daemon_set_changes) = reflected::<DaemonSet>(&client);
     let context = Arc::new(Context {
         client: client.clone(),
-        outbox: Outbox::start(client.clone(), Recorder::new(client.clone(), reporter)),
+        outbox: Outbox::start(client.clone(), reporter),
         metrics: shared.metrics.clone(),
         kinds: Mutex::default(),
         written: Mutex::default(),

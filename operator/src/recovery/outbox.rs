@@ -20,11 +20,15 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::{
+    api::{core::v1::ObjectReference, events::v1::Event as K8sEvent},
+    apimachinery::pkg::apis::meta::v1::MicroTime,
+    jiff::Timestamp,
+};
 use kube::{
     Api, Client,
-    api::{Patch, PatchParams},
-    runtime::events::{Event, Recorder},
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
+    runtime::events::{Event, EventType, Reporter},
 };
 use serde_json::json;
 use tokio::sync::Notify;
@@ -63,12 +67,12 @@ pub struct Outbox {
 
 impl Outbox {
     /// Starts the background task that publishes and writes what is queued.
-    pub fn start(client: Client, recorder: Recorder) -> Self {
+    pub fn start(client: Client, reporter: Reporter) -> Self {
         let outbox = Outbox {
             queue: Arc::default(),
             wake: Arc::new(Notify::new()),
         };
-        tokio::spawn(outbox.clone().deliver(client, recorder));
+        tokio::spawn(outbox.clone().deliver(client, reporter));
         outbox
     }
 
@@ -97,8 +101,9 @@ impl Outbox {
         queue.events.is_empty() && queue.statuses.is_empty()
     }
 
-    async fn deliver(self, client: Client, recorder: Recorder) {
-        let plans = Api::<RecoveryPlan>::all(client);
+    async fn deliver(self, client: Client, reporter: Reporter) {
+        let plans = Api::<RecoveryPlan>::all(client.clone());
+        let mut sequence: u64 = 0;
         loop {
             self.wake.notified().await;
             loop {
@@ -115,13 +120,23 @@ impl Outbox {
                 if events.is_empty() && statuses.is_empty() {
                     break;
                 }
+                let events: Vec<K8sEvent> = events
+                    .into_iter()
+                    .map(|(event, about)| {
+                        sequence += 1;
+                        event_object(&reporter, &event, about, sequence)
+                    })
+                    .collect();
                 futures::stream::iter(events)
-                    .for_each_concurrent(EVENTS_IN_FLIGHT, |(event, about)| {
-                        let recorder = &recorder;
+                    .for_each_concurrent(EVENTS_IN_FLIGHT, |event| {
+                        let client = &client;
                         async move {
+                            let namespace =
+                                event.metadata.namespace.as_deref().unwrap_or("default");
+                            let api = Api::<K8sEvent>::namespaced(client.clone(), namespace);
                             // An Event that cannot be written must not stop a recovery.
-                            if let Err(error) = recorder.publish(&event, &about).await {
-                                warn!(object = ?about.name, reason = %event.reason, %error, "could not publish event");
+                            if let Err(error) = api.create(&PostParams::default(), &event).await {
+                                warn!(reason = ?event.reason, %error, "could not publish event");
                             }
                         }
                     })
@@ -162,6 +177,53 @@ impl Outbox {
                 }
             }
         }
+    }
+}
+
+/// One Event object per transition. kube-rs's `Recorder` would fold every Event of the
+/// same reason on a plan into one series, keeping the first note only: a thousand
+/// `ServiceStarted` would show as one, naming one service.
+fn event_object(
+    reporter: &Reporter,
+    event: &Event,
+    about: ObjectReference,
+    sequence: u64,
+) -> K8sEvent {
+    let now = Timestamp::now();
+    // Events of cluster-scoped objects live in `default`.
+    let namespace = about.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = format!(
+        "{}.{:x}.{sequence:x}",
+        about.name.as_deref().unwrap_or(&reporter.controller),
+        now.as_nanosecond()
+    );
+    K8sEvent {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(namespace),
+            ..Default::default()
+        },
+        action: Some(event.action.clone()),
+        reason: Some(event.reason.clone()),
+        note: event.note.clone(),
+        event_time: Some(MicroTime(now)),
+        regarding: Some(about),
+        related: event.secondary.clone(),
+        reporting_controller: Some(reporter.controller.clone()),
+        reporting_instance: Some(
+            reporter
+                .instance
+                .clone()
+                .unwrap_or_else(|| reporter.controller.clone()),
+        ),
+        type_: Some(
+            match event.type_ {
+                EventType::Normal => "Normal",
+                EventType::Warning => "Warning",
+            }
+            .into(),
+        ),
+        ..Default::default()
     }
 }
 

@@ -48,7 +48,7 @@ pub(super) async fn apply(
         Ok(resolved) => resolved,
         Err(message) => return Ok(Readiness::Failed(message)),
     };
-    let mut current = existing(&apis, plan, &service.name, &wanted).await?;
+    let mut current = existing(ctx, &apis, plan, &service.name, &wanted).await?;
 
     let mut ranks: BTreeMap<u8, Vec<&Wanted>> = BTreeMap::new();
     for item in wanted
@@ -105,26 +105,12 @@ pub(super) async fn present(
     service: &Service,
     manifests: &[Value],
 ) -> Result<bool, Error> {
-    // The watches' caches answer for the workloads; a miss, or a kind they do not hold, is
-    // confirmed by a list, since a cache may not have seen an object created a moment ago.
-    let unsure: Vec<&Value> = manifests
-        .iter()
-        .filter(|manifest| {
-            let kind = manifest["kind"].as_str().unwrap_or_default();
-            let name = manifest["metadata"]["name"].as_str().unwrap_or_default();
-            ctx.created.has(kind, &service.namespace, name) != Some(true)
-        })
-        .collect();
-    if unsure.is_empty() {
-        return Ok(true);
-    }
-    let unsure: Vec<Value> = unsure.into_iter().cloned().collect();
-    let (wanted, apis) = match resolve(ctx, plan, service, &unsure).await? {
+    let (wanted, apis) = match resolve(ctx, plan, service, manifests).await? {
         Ok(resolved) => resolved,
         // A manifest the cluster cannot take was reported when the service was applied.
         Err(_) => return Ok(true),
     };
-    let current = existing(&apis, plan, &service.name, &wanted).await?;
+    let current = existing(ctx, &apis, plan, &service.name, &wanted).await?;
     Ok(wanted
         .iter()
         .all(|w| current.contains_key(&(w.key.clone(), w.name.clone()))))
@@ -170,12 +156,34 @@ async fn resolve(
 
 /// The service's objects that exist, by (kind key, name): whole for kinds with a status,
 /// else just their kind and name.
+///
+/// The workload caches answer first. What they do not hold is listed by the service's
+/// labels, one list per kind: from the API server's watch cache for kinds without a status
+/// (a stale answer only costs a create refused as existing), consistently for the others,
+/// whose readiness must not be read from the past.
 async fn existing(
+    ctx: &Context,
     apis: &BTreeMap<String, Api<DynamicObject>>,
     plan: &str,
     service: &str,
     wanted: &[Wanted],
 ) -> Result<BTreeMap<(String, String), Value>, Error> {
+    let mut found = BTreeMap::new();
+    let mut to_list: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for item in wanted {
+        let kind = item.object["kind"].as_str().unwrap_or_default();
+        let namespace = item.object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default();
+        match ctx.created.get(kind, namespace, &item.name) {
+            Some(object) => {
+                found.insert((item.key.clone(), item.name.clone()), object);
+            }
+            None => {
+                to_list.insert((item.key.as_str(), kind));
+            }
+        }
+    }
     let selector = format!(
         "{}={plan},{}={service},{}=workload",
         labels::PLAN,
@@ -183,17 +191,7 @@ async fn existing(
         labels::PART
     );
     let params = ListParams::default().labels(&selector);
-    let kinds: BTreeSet<(&str, &str)> = wanted
-        .iter()
-        .map(|w| {
-            (
-                w.key.as_str(),
-                w.object["kind"].as_str().unwrap_or_default(),
-            )
-        })
-        .collect();
-    let mut found = BTreeMap::new();
-    for (key, kind) in kinds {
+    for (key, kind) in to_list {
         let api = &apis[key];
         let what = format!("{kind}s of service {service}");
         if WITH_STATUS.contains(&kind) {
@@ -207,7 +205,7 @@ async fn existing(
             }
         } else {
             let list = api
-                .list_metadata(&params)
+                .list_metadata(&params.clone().match_any())
                 .await
                 .map_err(kube_error("list", what))?;
             for object in list {
