@@ -981,11 +981,14 @@ fn next_deadline(
 /// Records the status as this operator's truth and queues it for writing.
 async fn write_status(ctx: &Context, plan: &RecoveryPlan, status: &RecoveryPlanStatus) {
     let name = plan.name_any();
-    ctx.written
+    let previous = ctx
+        .written
         .lock()
         .await
         .insert(name.clone(), (plan.uid(), status.clone()));
-    ctx.outbox.status(name, plan.uid(), status.clone());
+    // A new phase (Recovered, Failed, ...) is what `kubectl wait` and the Incident wait for.
+    let urgent = previous.is_none_or(|(_, previous)| previous.phase != status.phase);
+    ctx.outbox.status(name, plan.uid(), status.clone(), urgent);
 }
 
 /// The status this operator last computed for the plan, or the plan's own when it computed

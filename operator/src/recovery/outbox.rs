@@ -11,7 +11,8 @@
 //! every Event of the recovery. Statuses are coalesced: only the newest per plan is written.
 //! A write that fails is retried (with a pause) unless a newer status replaced it; one
 //! refused because the plan was deleted, or recreated under another uid, is dropped.
-//! Writes are paced: after a write the task waits as long as the write took (at most 2 s).
+//! Writes are paced: after a write the task waits as long as the write took (at most 2 s),
+//! unless the plan's phase changed.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -63,6 +64,9 @@ struct Queue {
 pub struct Outbox {
     queue: Arc<Mutex<Queue>>,
     wake: Arc<Notify>,
+    /// Cuts the pause between writes short: a status a reader waits for (the plan's phase
+    /// changed, e.g. to Recovered) is not held back.
+    hurry: Arc<Notify>,
 }
 
 impl Outbox {
@@ -71,6 +75,7 @@ impl Outbox {
         let outbox = Outbox {
             queue: Arc::default(),
             wake: Arc::new(Notify::new()),
+            hurry: Arc::new(Notify::new()),
         };
         tokio::spawn(outbox.clone().deliver(client, reporter));
         outbox
@@ -85,13 +90,24 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    pub fn status(&self, plan: String, uid: Option<String>, status: RecoveryPlanStatus) {
+    /// Queues the plan's status; `urgent` when it should not wait for the pause between
+    /// writes.
+    pub fn status(
+        &self,
+        plan: String,
+        uid: Option<String>,
+        status: RecoveryPlanStatus,
+        urgent: bool,
+    ) {
         self.queue
             .lock()
             .expect("the outbox lock is never poisoned")
             .statuses
             .insert(plan, PendingStatus { uid, status });
         self.wake.notify_one();
+        if urgent {
+            self.hurry.notify_one();
+        }
     }
 
     /// Whether nothing waits to be written (for tests).
@@ -173,7 +189,11 @@ impl Outbox {
                     // API server about a second of CPU, and back-to-back writes would keep
                     // a core busy that the recovery itself needs. What comes meanwhile is
                     // coalesced into one write.
-                    tokio::time::sleep(writing.elapsed().min(MAX_PAUSE)).await;
+                    let pause = tokio::time::sleep(writing.elapsed().min(MAX_PAUSE));
+                    tokio::select! {
+                        () = pause => {}
+                        () = self.hurry.notified() => {}
+                    }
                 }
             }
         }
@@ -260,6 +280,7 @@ mod tests {
         let outbox = Outbox {
             queue: Arc::default(),
             wake: Arc::new(Notify::new()),
+            hurry: Arc::new(Notify::new()),
         };
         let first = RecoveryPlanStatus {
             ready: Some("1/2".into()),
@@ -269,8 +290,8 @@ mod tests {
             ready: Some("2/2".into()),
             ..Default::default()
         };
-        outbox.status("p".into(), Some("u".into()), first);
-        outbox.status("p".into(), Some("u".into()), second);
+        outbox.status("p".into(), Some("u".into()), first, false);
+        outbox.status("p".into(), Some("u".into()), second, false);
         assert!(!outbox.is_empty());
         let queue = outbox.queue.lock().unwrap();
         assert_eq!(queue.statuses.len(), 1);
