@@ -35,7 +35,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, PartialObjectMeta, Patch, PatchParams, PostParams},
     core::ApiResource,
     discovery::Scope,
     runtime::{
@@ -114,7 +114,16 @@ pub struct Context {
     created: Created,
     /// The restore point last reported per (plan, service) of a `fromBackup` workload.
     restore_points: Mutex<BTreeMap<(String, String), String>>,
+    /// The plans this operator reconciles, metadata only, as the Controller's watch sees them.
+    plans: Store<PlanMeta>,
+    /// Each plan whole, read when its generation changes (see [`current_plan`]).
+    specs: Mutex<BTreeMap<String, Arc<RecoveryPlan>>>,
 }
+
+/// What the Controller watches of a plan: its metadata. A plan of 1,000 services is about
+/// 1 MB of JSON and 13 MB in memory, and every status write sends it back on a watch of
+/// whole plans; the spec is read only when the generation says it changed.
+type PlanMeta = PartialObjectMeta<RecoveryPlan>;
 
 /// The plans' workloads as their watches last saw them, slimmed (see [`slim`]): what a
 /// reconcile needs of them is whether they exist and how ready they are, and that it can
@@ -232,6 +241,7 @@ pub async fn run(shared: Shared) {
     let (deployments, deployment_changes) = reflected::<Deployment>(&client);
     let (stateful_sets, stateful_set_changes) = reflected::<StatefulSet>(&client);
     let (daemon_sets, daemon_set_changes) = reflected::<DaemonSet>(&client);
+    let (plans, plan_writer) = reflector::store::<PlanMeta>();
     let context = Arc::new(Context {
         client: client.clone(),
         outbox: Outbox::start(client.clone(), reporter),
@@ -244,22 +254,30 @@ pub async fn run(shared: Shared) {
             daemon_sets: daemon_sets.clone(),
         },
         restore_points: Mutex::default(),
+        plans: plans.clone(),
+        specs: Mutex::default(),
     });
-    // The plans, without managedFields (a third of a large plan's size, never read), and
-    // only when their spec changes: the status is this operator's own (see `last_status`),
-    // so its writes need no reconcile.
-    let (plans, plan_writer) = reflector::store();
-    let plan_changes = watcher(
-        Api::<RecoveryPlan>::all(client.clone()),
-        shared.watch_config(),
-    )
-    .default_backoff()
-    .modify(|plan| plan.managed_fields_mut().clear())
-    .reflect(plan_writer)
-    .applied_objects()
-    .predicate_filter(predicates::generation, Default::default());
+    // The plans' metadata, without managedFields (never read), and only when their spec
+    // changes: the status is this operator's own (see `last_status`), so its writes need no
+    // reconcile.
+    let plan_changes = watcher(Api::<PlanMeta>::all(client.clone()), shared.watch_config())
+        .default_backoff()
+        .modify(|plan| plan.managed_fields_mut().clear())
+        .reflect(plan_writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    // Driven by a task of its own, not by the Controller: the Controller holds the
+    // reconciles it has queued until this store is filled, and a Controller stopping stops
+    // polling its inputs; stopped early, it would wait for the store forever.
+    let (changes_tx, changes_rx) = futures::channel::mpsc::unbounded();
+    tokio::spawn(
+        plan_changes
+            .map(Ok)
+            .forward(changes_tx)
+            .map(|_| tracing::debug!("the plans' watch ended")),
+    );
     shared.kind_listed(Api::<RecoveryPlan>::all(client.clone()));
-    let controller = Controller::for_stream(plan_changes, plans);
+    let controller = Controller::for_stream(changes_rx, plans);
     // Until the first lists are in, every workload would look deleted and be rebuilt.
     // They fill as the controller polls their watches, so a reconcile waits, not `run`.
     let stores_ready = async move {
@@ -326,21 +344,24 @@ pub async fn run(shared: Shared) {
     reconciles.await;
 }
 
-fn plan_of<K: Resource>(object: K) -> Option<ObjectRef<RecoveryPlan>> {
+fn plan_of<K: Resource>(object: K) -> Option<ObjectRef<PlanMeta>> {
     object
         .labels()
         .get(labels::PLAN)
         .map(|name| ObjectRef::new(name))
 }
 
-fn error_policy(plan: Arc<RecoveryPlan>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(plan: Arc<PlanMeta>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(KIND);
     warn!(plan = %plan.name_any(), %error, "will retry");
     Action::requeue(StdDuration::from_secs(5))
 }
 
-async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(meta: Arc<PlanMeta>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciled(KIND);
+    let Some(plan) = current_plan(&ctx, &meta).await? else {
+        return Ok(Action::await_change());
+    };
     let now = Timestamp::now();
     let previous = last_status(&ctx, &plan).await;
 
@@ -482,6 +503,36 @@ async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Action,
         return Err(error);
     }
     Ok(next_deadline(&plan, &services, now).map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The whole plan at (at least) the generation the watch saw, read from the API server
+/// when the one kept is older or of an earlier plan of the same name; `None` once deleted.
+/// Plans no longer watched are forgotten here.
+async fn current_plan(ctx: &Context, meta: &PlanMeta) -> Result<Option<Arc<RecoveryPlan>>, Error> {
+    let name = meta.name_any();
+    {
+        let mut specs = ctx.specs.lock().await;
+        specs.retain(|name, _| ctx.plans.get(&ObjectRef::new(name)).is_some());
+        if let Some(plan) = specs.get(&name)
+            && plan.uid() == meta.uid()
+            && plan.metadata.generation >= meta.metadata.generation
+        {
+            return Ok(Some(plan.clone()));
+        }
+    }
+    let found = Api::<RecoveryPlan>::all(ctx.client.clone())
+        .get_opt(&name)
+        .await
+        .map_err(kube_error("read", format!("RecoveryPlan {name}")))?;
+    let mut specs = ctx.specs.lock().await;
+    let Some(mut plan) = found else {
+        specs.remove(&name);
+        return Ok(None);
+    };
+    plan.metadata.managed_fields = None;
+    let plan = Arc::new(plan);
+    specs.insert(name, plan.clone());
+    Ok(Some(plan))
 }
 
 /// Why nothing may start now, if so: the plan is paused, or it waits for an incident.
