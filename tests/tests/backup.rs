@@ -659,6 +659,49 @@ async fn retention_keeps_the_newest_and_the_newest_verified_and_waits_while_froz
                 .exists()
         );
     }
+
+    // keepLast counts backups, not time: no expiry to tell.
+    for kept in [&backups[0], &backups[2]] {
+        let status = api.get(kept).await.unwrap().status.unwrap();
+        assert_eq!(status.expires, None, "{kept}: {status:?}");
+    }
+    // With keepDaily 7 the newest backup of the day is kept until seven days have begun
+    // after its own (UTC); the older one of the same day may go when it completed.
+    let mut daily = schedule_manifest("false");
+    daily["spec"]["retention"] = json!({"keepLast": 1, "keepDaily": 7});
+    apply(&daily);
+    let expiring = await_condition(api.clone(), &backups[2], |b: Option<&Backup>| {
+        b.and_then(|b| b.status.as_ref()?.expires.as_ref())
+            .is_some()
+    });
+    let newest = tokio::time::timeout(Duration::from_secs(30), expiring)
+        .await
+        .expect("status.expires set within 30 s")
+        .unwrap()
+        .unwrap()
+        .status
+        .unwrap();
+    let completed_day = |status: &BackupStatus| {
+        status
+            .completed
+            .clone()
+            .unwrap()
+            .0
+            .to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC)
+            .date()
+    };
+    let day = completed_day(&newest);
+    let week_later = day
+        .checked_add(k8s_openapi::jiff::Span::new().days(7))
+        .unwrap()
+        .to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC)
+        .unwrap()
+        .timestamp();
+    assert_eq!(newest.expires.unwrap().0, week_later);
+    let oldest = api.get(&backups[0]).await.unwrap().status.unwrap();
+    if completed_day(&oldest) == day {
+        assert_eq!(oldest.expires, oldest.completed, "{oldest:?}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

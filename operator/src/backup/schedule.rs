@@ -283,6 +283,15 @@ async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<A
         status.last_verified_time = newest_verified;
     }
     let candidates: Vec<_> = backups.iter().map(candidate).collect();
+    for (backup, expires) in retention::expires(&candidates, &spec.retention) {
+        let Some(backup) = backups.iter().find(|b| b.name_any() == backup) else {
+            continue;
+        };
+        let recorded = backup.status.as_ref().and_then(|s| s.expires.clone());
+        if recorded.map(|t| t.0) != expires {
+            record_expiry(&ctx, &backup.name_any(), expires).await?;
+        }
+    }
     for doomed in retention::to_delete(&candidates, &spec.retention, frozen, now) {
         let Some(backup) = backups.iter().find(|b| b.name_any() == doomed) else {
             continue;
@@ -817,6 +826,28 @@ async fn sweep_scratch(client: &Client) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Writes `status.expires` of a Backup, or removes it.
+async fn record_expiry(
+    ctx: &Context,
+    backup: &str,
+    expires: Option<Timestamp>,
+) -> Result<(), Error> {
+    // A merge patch: the field is retention's, the rest of the status the Backup
+    // controller's.
+    let patch = json!({"status": {"expires": expires.map(Time)}});
+    match Api::<Backup>::all(ctx.client.clone())
+        .patch_status(backup, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(error) => Err(kube_error(
+            "record when retention may delete",
+            format!("Backup {backup}"),
+        )(error)),
+    }
 }
 
 fn candidate(backup: &Backup) -> retention::Candidate {
