@@ -18,6 +18,7 @@ use kube::{
     Api, Client, Resource,
     api::{Patch, PatchParams},
     config::{KubeConfigOptions, Kubeconfig},
+    runtime::{wait::await_condition, watcher},
 };
 use resurgo::{
     api::backup::{Backup, BackupPhase, BackupStatus},
@@ -658,6 +659,49 @@ async fn retention_keeps_the_newest_and_the_newest_verified_and_waits_while_froz
                 .exists()
         );
     }
+
+    // keepLast counts backups, not time: no expiry to tell.
+    for kept in [&backups[0], &backups[2]] {
+        let status = api.get(kept).await.unwrap().status.unwrap();
+        assert_eq!(status.expires, None, "{kept}: {status:?}");
+    }
+    // With keepDaily 7 the newest backup of the day is kept until seven days have begun
+    // after its own (UTC); the older one of the same day may go when it completed.
+    let mut daily = schedule_manifest("false");
+    daily["spec"]["retention"] = json!({"keepLast": 1, "keepDaily": 7});
+    apply(&daily);
+    let expiring = await_condition(api.clone(), &backups[2], |b: Option<&Backup>| {
+        b.and_then(|b| b.status.as_ref()?.expires.as_ref())
+            .is_some()
+    });
+    let newest = tokio::time::timeout(Duration::from_secs(30), expiring)
+        .await
+        .expect("status.expires set within 30 s")
+        .unwrap()
+        .unwrap()
+        .status
+        .unwrap();
+    let completed_day = |status: &BackupStatus| {
+        status
+            .completed
+            .clone()
+            .unwrap()
+            .0
+            .to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC)
+            .date()
+    };
+    let day = completed_day(&newest);
+    let week_later = day
+        .checked_add(k8s_openapi::jiff::Span::new().days(7))
+        .unwrap()
+        .to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC)
+        .unwrap()
+        .timestamp();
+    assert_eq!(newest.expires.unwrap().0, week_later);
+    let oldest = api.get(&backups[0]).await.unwrap().status.unwrap();
+    if completed_day(&oldest) == day {
+        assert_eq!(oldest.expires, oldest.completed, "{oldest:?}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -847,6 +891,234 @@ async fn restore_tests_mark_the_newest_backup_verified_or_failed() {
         .status
         .unwrap();
     assert!(schedule.next_verification.is_some());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A check Job that fails: its pod is held back (kwok's pod-ready delay) past the Job's
+/// deadline, so the Job controller marks the Job Failed (DeadlineExceeded).
+fn failing_job_spec() -> Value {
+    let mut spec = resurgo_tests::job_spec();
+    spec["activeDeadlineSeconds"] = json!(1);
+    spec["template"]["metadata"] =
+        json!({"annotations": {"pod-ready.stage.kwok.x-k8s.io/delay": "1h"}});
+    spec
+}
+
+/// Collects, until dropped, the objects a watch sees, keyed by namespace/name.
+fn observe<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::Mutex<BTreeMap<String, K>>>,
+)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::WatchStreamExt;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    let sink = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut stream = watcher(api, config).applied_objects().boxed();
+        while let Some(Ok(object)) = stream.next().await {
+            let key = format!(
+                "{}/{}",
+                object.meta().namespace.clone().unwrap_or_default(),
+                object.meta().name.clone().unwrap_or_default()
+            );
+            sink.lock().unwrap().insert(key, object);
+        }
+    });
+    (task, seen)
+}
+
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn a_restore_test_restores_for_real_runs_its_checks_and_cleans_up() {
+    use k8s_openapi::api::{batch::v1::Job, core::v1::Namespace};
+    use resurgo::{
+        api::backup::VerificationState,
+        backup::verify::{BACKUP_ANNOTATION, SCRATCH_LABEL},
+    };
+    install_crds().await;
+    let client = client().await;
+    let name = unique_name("restore-test");
+    let namespace = format!("{name}-data");
+    let settings = format!("{name}-settings");
+    let dir = store_dir(&name);
+    let (identity, recipient) = archive::generate_identity();
+    let store = format!("{name}-store");
+    apply(&store_manifest(&store, &dir));
+    apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}));
+    apply(
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": settings, "namespace": namespace, "labels": {"app": "records"}},
+                "data": {"mode": "clinical"}}),
+    );
+    apply(
+        &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "records", "namespace": namespace},
+                "spec": {"type": "NodePort", "selector": {"app": "records"}, "ports": [{"port": 80, "targetPort": 8080}]}}),
+    );
+    apply(
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("{name}-identity"), "namespace": "default"},
+                "stringData": {"identity": identity}}),
+    );
+    let passing = format!("{name}-pass");
+    let failing = format!("{name}-fail");
+    // The backups first, so that both exist when the verification cron fires.
+    let mut backups = Vec::new();
+    for schedule in [&passing, &failing] {
+        let backup = format!("{schedule}-manual");
+        let mut manifest = backup_manifest(&backup, &store, &namespace, &recipient);
+        manifest["metadata"]["labels"] = json!({"resurgo.dev/schedule": schedule});
+        apply(&manifest);
+        completed(&client, &backup).await;
+        backups.push(backup);
+    }
+
+    let tests = format!("{SCRATCH_LABEL} in ({passing},{failing})");
+    let (namespaces_task, scratch_seen) = observe(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default().labels(&tests),
+    );
+    let (jobs_task, jobs_seen) = observe(
+        Api::<Job>::all(client.clone()),
+        watcher::Config::default().labels(&tests),
+    );
+    let (copies_task, copies_seen) = observe(
+        Api::<ConfigMap>::all(client.clone()),
+        watcher::Config::default().fields(&format!("metadata.name={settings}")),
+    );
+
+    for (schedule, checks) in [
+        (
+            &passing,
+            json!([{"name": "smoke", "spec": resurgo_tests::job_spec()}]),
+        ),
+        (
+            &failing,
+            json!([{"name": "smoke", "spec": resurgo_tests::job_spec()},
+                   {"name": "integrity", "spec": failing_job_spec()}]),
+        ),
+    ] {
+        apply(
+            &json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "BackupSchedule", "metadata": {"name": schedule},
+            "spec": {"schedule": "0 3 1 1 *", "store": store, "include": {"namespaces": [namespace]},
+                     "encryption": {"recipients": [recipient]}, "retention": {"keepLast": 5},
+                     "verification": {"schedule": "* * * * *", "checks": checks,
+                                      "identitySecretRef": {"name": format!("{name}-identity"), "namespace": "default"}}}}),
+        );
+    }
+
+    // The verification cron fires at the next minute boundary; then the checks run.
+    let api = Api::<Backup>::all(client.clone());
+    let mut verdicts = Vec::new();
+    for backup in &backups {
+        let judged = await_condition(api.clone(), backup, |b: Option<&Backup>| {
+            b.and_then(|b| b.status.as_ref()?.verification.as_ref())
+                .is_some_and(|v| v.state != VerificationState::Unverified)
+        });
+        let backup = match tokio::time::timeout(Duration::from_secs(150), judged).await {
+            Ok(Ok(Some(backup))) => backup,
+            other => panic!(
+                "Backup {backup} was not verified in time: {other:?}; {:?}",
+                api.get(backup).await.unwrap().status
+            ),
+        };
+        verdicts.push(backup.status.unwrap().verification.unwrap());
+    }
+    let (passed, failed) = (&verdicts[0], &verdicts[1]);
+    let passed_message = passed.message.clone().unwrap_or_default();
+    assert_eq!(passed.state, VerificationState::Verified, "{passed:?}");
+    assert!(
+        passed_message.contains("2 objects match the manifest")
+            && passed_message.contains("read back equal to the backup")
+            && passed_message.contains("checks passed")
+            && passed_message.contains("smoke"),
+        "{passed_message}"
+    );
+    let failed_message = failed.message.clone().unwrap_or_default();
+    assert_eq!(failed.state, VerificationState::Failed, "{failed:?}");
+    assert!(
+        failed_message.contains("read back equal to the backup")
+            && failed_message.contains("check integrity failed")
+            && failed_message.contains("deadline"),
+        "{failed_message}"
+    );
+
+    // The watches saw each test restore into a restricted scratch namespace of its own,
+    // with the backed-up ConfigMap equal to the original, and run its checks there.
+    let scratch: BTreeMap<String, Namespace> = scratch_seen.lock().unwrap().clone();
+    for schedule in [&passing, &failing] {
+        let ours: Vec<&Namespace> = scratch
+            .values()
+            .filter(|ns| ns.metadata.labels.as_ref().unwrap()[SCRATCH_LABEL] == *schedule)
+            .collect();
+        assert_eq!(ours.len(), 1, "{schedule}: {scratch:?}");
+        let labels = ours[0].metadata.labels.clone().unwrap();
+        assert_eq!(labels["pod-security.kubernetes.io/enforce"], "restricted");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "resurgo");
+        let scratch_name = ours[0].metadata.name.clone().unwrap();
+        let copy = copies_seen
+            .lock()
+            .unwrap()
+            .get(&format!("{scratch_name}/{settings}"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no restored ConfigMap in {scratch_name}"));
+        assert_eq!(copy.data.unwrap()["mode"], "clinical");
+        assert_eq!(copy.metadata.labels.unwrap()["app"], "records");
+        let jobs = jobs_seen.lock().unwrap().clone();
+        assert!(
+            jobs.contains_key(&format!("{scratch_name}/check-smoke")),
+            "{:?}",
+            jobs.keys()
+        );
+    }
+    // The original was not touched by the test.
+    let original = get::<ConfigMap>(&client, &namespace, &settings).await;
+    assert_eq!(original["data"]["mode"], "clinical");
+
+    // Every scratch namespace is deleted after the verdict, passed or failed.
+    let namespaces = Api::<Namespace>::all(client.clone());
+    for ns in scratch.values() {
+        let name = ns.metadata.name.clone().unwrap();
+        let uid = ns.metadata.uid.clone().unwrap();
+        let gone = await_condition(
+            namespaces.clone(),
+            &name,
+            kube::runtime::wait::conditions::is_deleted(&uid),
+        );
+        tokio::time::timeout(Duration::from_secs(90), gone)
+            .await
+            .unwrap_or_else(|_| panic!("scratch namespace {name} was not deleted"))
+            .unwrap();
+    }
+
+    // A scratch namespace left by an operator that stopped mid-test, for a backup that is
+    // gone, is found by its label and deleted.
+    let leftover = format!("{name}-leftover");
+    apply(
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": leftover,
+                "labels": {SCRATCH_LABEL: passing}, "annotations": {BACKUP_ANNOTATION: format!("{name}-gone")}}}),
+    );
+    let uid = namespaces
+        .get(&leftover)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let gone = await_condition(namespaces.clone(), &leftover, |ns: Option<&Namespace>| {
+        ns.is_none_or(|ns| ns.metadata.deletion_timestamp.is_some())
+    });
+    tokio::time::timeout(Duration::from_secs(30), gone)
+        .await
+        .unwrap_or_else(|_| panic!("leftover scratch namespace {leftover} ({uid}) was not deleted"))
+        .unwrap();
+
+    namespaces_task.abort();
+    jobs_task.abort();
+    copies_task.abort();
     let _ = std::fs::remove_dir_all(&dir);
 }
 

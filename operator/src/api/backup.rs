@@ -93,7 +93,15 @@ pub struct BackupStatus {
     /// When the backup completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed: Option<Time>,
-    /// When retention may delete it.
+    /// The earliest time its schedule's retention may delete it: the end of the windows
+    /// of the keepDaily/keepWeekly/keepMonthly rules that keep it (it is the newest backup
+    /// of its UTC day, ISO week or month, kept until that many newer periods have begun)
+    /// and of its object lock, whichever is later. Recomputed when the schedule's backups
+    /// or retention change: a newer backup of the same day takes the day's place, and this
+    /// time drops to when the backup completed. keepLast and the newest verified backup
+    /// can keep it longer; periods without a backup lengthen the windows. Unset when only
+    /// keepLast applies and there is no object lock (keepLast counts backups, not time),
+    /// and on a backup of no schedule, which retention never deletes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<Time>,
     /// Until when object lock protects it.

@@ -214,14 +214,18 @@ pub struct Immutability {
 pub struct Verification {
     /// When to verify the newest backup, as a cron expression in the schedule's time zone.
     pub schedule: Cron,
-    /// Restore the backup into a scratch namespace and run the checks there. When false,
-    /// the backup is only decrypted and compared with its manifest.
+    /// Restore the backup for real into a scratch namespace per namespace it holds
+    /// (restricted Pod Security, default-deny network policy, deleted after the test),
+    /// read every object back and compare it with the backup, then run the checks. When
+    /// false, the backup is only decrypted and compared with its manifest.
     #[serde(default = "yes")]
     pub restore: bool,
     /// Secret holding the age private key (key `identity`) used to decrypt for the test;
     /// supplied by the operators of the verification, never generated in the cluster.
     pub identity_secret_ref: NamespacedRef,
-    /// Jobs that must succeed against the restored copy.
+    /// Jobs that must succeed against the restored copy, each within its timeout. They
+    /// run as `check-<name>` in the copy of the first namespace of the selection (a Job
+    /// finds that namespace through the downward API); only with `restore`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub checks: Vec<JobTemplate>,

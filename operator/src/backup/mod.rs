@@ -9,6 +9,8 @@
 //! - [`store`]: the BackupStore as an `object_store` (filesystem or S3) and its probe;
 //!   [`s3`]: the SigV4-signed S3 calls `object_store` lacks (object lock, versioned delete).
 //! - [`engine`]: reading the cluster and the stores.
+//! - [`verify`] (pure): restore tests' scratch namespaces, the comparison of the restored
+//!   copy with the backup, and the check Jobs' verdict.
 //! - [`run_backup`], [`schedule`] (with restore tests), [`probe`]: one controller per kind.
 //! - [`restore`]: the objects of a namespace from the clean restore point.
 //!
@@ -22,7 +24,9 @@
 //! | `resurgo.dev` | `backups/status`, `backupschedules/status`, `backupstores/status` | get, patch, update | status, by server-side apply |
 //! | `resurgo.dev` | `backupschedules`, `backupstores`, `incidents` | get, list, watch | the schedules, stores, and open incidents (which freeze pruning and name restore points) |
 //! | `""` | `secrets` | get | S3 credentials and restore identities, by the names the specs give |
-//! | `""` | `namespaces` | patch, delete | restore tests' scratch namespaces |
+//! | `""` | `namespaces` | get, list, watch, create, patch, delete | restore tests' scratch namespaces, found again by label after a restart |
+//! | `batch` | `jobs` | get, list, watch, create | restore tests' check Jobs, watched so a finished one ends the test at once |
+//! | `networking.k8s.io` | `networkpolicies` | create, patch | the default-deny policy of a scratch namespace |
 //! | `""` (events.k8s.io) | `events` | create, patch | Events |
 //! | (discovery) | non-resource URLs `/api`, `/api/*`, `/apis`, `/apis/*` | get | find the kinds to back up (granted to every authenticated user by `system:discovery`) |
 //!
@@ -42,8 +46,9 @@
 //! A kind the operator may not list is left out of a backup whose selection names no kinds,
 //! and the Backup's `Completed` condition lists what was left out; a selection that names
 //! the kind fails instead. Restoring applies objects of these kinds, which the RecoveryPlan
-//! controller's create/patch rules on them already cover; restore tests apply them with
-//! server-side dry-run, which needs the same create/patch rules.
+//! controller's create/patch rules on them already cover; restore tests apply them for
+//! real into scratch namespaces and read them back, which needs the same get/create/patch
+//! rules.
 
 pub mod archive;
 pub mod cron;
@@ -57,6 +62,7 @@ pub mod s3;
 pub mod schedule;
 pub mod selection;
 pub mod store;
+pub mod verify;
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp};
 use kube::{

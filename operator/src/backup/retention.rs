@@ -8,7 +8,8 @@
 //!
 //! Nothing is deleted while pruning is frozen (an open Incident, or the annotation
 //! `resurgo.dev/pruning-frozen: "true"` on the schedule). Backups that are not completed
-//! (running, failed) are not retention's business.
+//! (running, failed) are not retention's business. [`expires`] tells each backup the
+//! earliest time these rules let it go.
 
 use std::collections::BTreeSet;
 
@@ -90,6 +91,88 @@ pub fn to_delete(
         .collect()
 }
 
+/// When retention may first delete each completed backup, by name: the latest of the end
+/// of the windows of the keepDaily/keepWeekly/keepMonthly rules that keep it (it is the
+/// newest backup of its UTC day, ISO week or month, and such a rule keeps N of them: it
+/// keeps it until N newer periods have begun) and the end of its object lock. A backup no
+/// time rule keeps expires when it completed (it may be deleted as soon as it is not the
+/// newest). `None` when the retention has no time rule and the backup no object lock: how
+/// long keepLast keeps a backup depends on how many follow it, not on a time.
+///
+/// keepLast and the "newest verified" rule can keep a backup past this time; never the
+/// other way round. Periods without a backup lengthen the windows, so the time is the
+/// earliest, not a promise of deletion.
+pub fn expires(
+    candidates: &[Candidate],
+    retention: &Retention,
+) -> std::collections::BTreeMap<String, Option<Timestamp>> {
+    use k8s_openapi::jiff::{Span, civil::Date};
+    let completed: Vec<(&Candidate, Timestamp)> = candidates
+        .iter()
+        .filter_map(|c| Some((c, c.completed?)))
+        .collect();
+    let day = |t: Timestamp| t.to_zoned(TimeZone::UTC).date();
+    // Per rule: how many periods it keeps, the first day of a day's period, and the first
+    // day N periods after.
+    type StartOf = fn(Date) -> Date;
+    type Window = fn(Date, i64) -> Option<Date>;
+    let rules: [(u32, StartOf, Window); 3] = [
+        (
+            retention.keep_daily,
+            |d| d,
+            |d, n| d.checked_add(Span::new().days(n)).ok(),
+        ),
+        (
+            retention.keep_weekly,
+            |d| {
+                let back = i64::from(d.weekday().to_monday_zero_offset());
+                d.checked_sub(Span::new().days(back)).unwrap_or(d)
+            },
+            |d, n| d.checked_add(Span::new().weeks(n)).ok(),
+        ),
+        (
+            retention.keep_monthly,
+            |d| d.first_of_month(),
+            |d, n| d.checked_add(Span::new().months(n)).ok(),
+        ),
+    ];
+    let timed = rules.iter().any(|(count, _, _)| *count > 0);
+    // Per rule, the newest backup of each period (the name breaks ties as in `to_delete`).
+    let newest: Vec<std::collections::BTreeMap<Date, (Timestamp, &str)>> = rules
+        .iter()
+        .map(|(_, start_of, _)| {
+            let mut newest = std::collections::BTreeMap::new();
+            for (candidate, at) in &completed {
+                let entry = newest
+                    .entry(start_of(day(*at)))
+                    .or_insert((*at, candidate.name.as_str()));
+                *entry = (*entry).max((*at, candidate.name.as_str()));
+            }
+            newest
+        })
+        .collect();
+    completed
+        .iter()
+        .map(|(candidate, at)| {
+            let mut until = candidate.immutable_until;
+            if timed {
+                until = until.max(Some(*at));
+            }
+            for ((count, start_of, add), newest) in rules.iter().zip(&newest) {
+                let period = start_of(day(*at));
+                if *count == 0 || newest[&period].1 != candidate.name {
+                    continue;
+                }
+                let end = add(period, i64::from(*count))
+                    .and_then(|d| d.to_zoned(TimeZone::UTC).ok())
+                    .map(|z| z.timestamp());
+                until = until.max(end);
+            }
+            (candidate.name.clone(), until)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -167,6 +250,100 @@ mod tests {
         running.completed = None;
         let backups = [running, backup("a", 1, false)];
         assert!(to_delete(&backups, &retention(1, 0, 0, 0), false, at_hours(5)).is_empty());
+    }
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
+
+    fn completed_at(name: &str, text: &str) -> Candidate {
+        Candidate {
+            name: name.into(),
+            completed: Some(at(text)),
+            verified: false,
+            immutable_until: None,
+        }
+    }
+
+    #[test]
+    fn a_backup_expires_when_its_daily_weekly_or_monthly_window_ends_whichever_is_later() {
+        // Wednesday 2026-06-10.
+        let backups = [completed_at("wed", "2026-06-10T02:30:00Z")];
+        let expiry = |r: Retention| expires(&backups, &r)["wed"];
+        assert_eq!(
+            expiry(retention(0, 7, 0, 0)),
+            Some(at("2026-06-17T00:00:00Z"))
+        );
+        // Weeks start on Monday (ISO), 2026-06-08.
+        assert_eq!(
+            expiry(retention(0, 0, 4, 0)),
+            Some(at("2026-07-06T00:00:00Z"))
+        );
+        assert_eq!(
+            expiry(retention(0, 0, 0, 12)),
+            Some(at("2027-06-01T00:00:00Z"))
+        );
+        assert_eq!(
+            expiry(retention(3, 7, 4, 1)),
+            Some(at("2026-07-06T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn only_the_newest_backup_of_a_period_is_kept_by_that_period() {
+        let backups = [
+            completed_at("morning", "2026-06-10T02:30:00Z"),
+            completed_at("evening", "2026-06-10T20:30:00Z"),
+        ];
+        let expiry = expires(&backups, &retention(0, 7, 0, 0));
+        assert_eq!(expiry["evening"], Some(at("2026-06-17T00:00:00Z")));
+        // The daily rule keeps the evening backup of that day: the morning one may go once
+        // it is not kept otherwise.
+        assert_eq!(expiry["morning"], Some(at("2026-06-10T02:30:00Z")));
+    }
+
+    #[test]
+    fn keep_last_alone_gives_no_time_and_object_lock_is_a_floor() {
+        let mut locked = completed_at("locked", "2026-06-10T02:30:00Z");
+        locked.immutable_until = Some(at("2026-09-01T00:00:00Z"));
+        let backups = [completed_at("plain", "2026-06-09T02:30:00Z"), locked];
+        let keep_last = expires(&backups, &retention(5, 0, 0, 0));
+        assert_eq!(keep_last["plain"], None);
+        assert_eq!(keep_last["locked"], Some(at("2026-09-01T00:00:00Z")));
+        let daily = expires(&backups, &retention(0, 7, 0, 0));
+        assert_eq!(daily["locked"], Some(at("2026-09-01T00:00:00Z")));
+        assert_eq!(daily["plain"], Some(at("2026-06-16T00:00:00Z")));
+        let mut running = completed_at("running", "2026-06-10T02:30:00Z");
+        running.completed = None;
+        assert!(!expires(&[running], &retention(0, 7, 0, 0)).contains_key("running"));
+    }
+
+    proptest! {
+        #[test]
+        fn retention_never_deletes_a_backup_before_it_expires(
+            hours in proptest::collection::vec(0i64..3000, 1..30),
+            daily in 0u32..5, weekly in 0u32..3, monthly in 0u32..3,
+            later in 0i64..3000,
+        ) {
+            prop_assume!(daily + weekly + monthly > 0);
+            let backups: Vec<_> = hours
+                .iter()
+                .enumerate()
+                .map(|(i, h)| backup(&format!("b{i}"), *h, false))
+                .collect();
+            let rules = retention(0, daily, weekly, monthly);
+            // Backups keep coming every hour after the last one, up to `now`.
+            let last = hours.iter().max().copied().unwrap_or(0);
+            let mut all = backups.clone();
+            all.extend((1..=later).map(|i| backup(&format!("n{i}"), last + i, false)));
+            let now = at_hours(last + later);
+            let expiry = expires(&all, &rules);
+            for name in to_delete(&all, &rules, false, now) {
+                if let Some(Some(until)) = expiry.get(&name) {
+                    prop_assert!(*until <= now, "{} deleted at {} before it expires at {}", name, now, until);
+                }
+            }
+        }
     }
 
     proptest! {

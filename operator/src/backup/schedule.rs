@@ -9,10 +9,22 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use k8s_openapi::{
+    api::{
+        batch::v1::{Job, JobSpec},
+        core::v1::Namespace,
+        networking::v1::NetworkPolicy,
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{
+        DeleteParams, DynamicObject, GroupVersionKind, ListParams, ObjectMeta, Patch, PatchParams,
+        PostParams,
+    },
+    discovery,
     runtime::{
         Controller,
         controller::Action,
@@ -26,12 +38,13 @@ use tracing::{info, warn};
 
 use super::{
     Error, PRUNING_FROZEN_ANNOTATION, SCHEDULE_LABEL, archive, conditions, cron, engine,
-    kube_error, retention, run_backup,
+    kube_error, retention, run_backup, selection, verify,
 };
 use crate::{
     api::{
         backup::{Backup, BackupPhase, BackupSpec, VerificationState},
-        backup_schedule::{BackupSchedule, BackupScheduleStatus},
+        backup_schedule::{BackupSchedule, BackupScheduleStatus, Verification},
+        common::JobTemplate,
         incident::{Incident, IncidentState},
     },
     labels::{self, FIELD_MANAGER},
@@ -59,6 +72,14 @@ pub async fn run(shared: Shared) {
         shared.watch_config(),
     );
     let schedules = controller.store();
+    if let Err(error) = sweep_scratch(&client).await {
+        warn!(%error, "could not sweep leftover scratch namespaces");
+    }
+    let schedule_of = |labels: &BTreeMap<String, String>| {
+        labels
+            .get(verify::SCRATCH_LABEL)
+            .map(|name| ObjectRef::new(name))
+    };
     controller
         .watches(
             Api::<Backup>::all(client.clone()),
@@ -69,6 +90,19 @@ pub async fn run(shared: Shared) {
                     .get(SCHEDULE_LABEL)
                     .map(|name| ObjectRef::new(name))
             },
+        )
+        // A check Job finishing moves its restore test on at once.
+        .watches(
+            Api::<Job>::all(client.clone()),
+            watcher::Config::default().labels(verify::SCRATCH_LABEL),
+            move |job: Job| schedule_of(job.labels()),
+        )
+        // A scratch namespace appearing (an operator that stopped mid-test) is carried on
+        // or deleted by its schedule's reconcile.
+        .watches(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default().labels(verify::SCRATCH_LABEL),
+            move |namespace: Namespace| schedule_of(namespace.labels()),
         )
         // An incident opening or closing freezes or thaws pruning on every schedule, and
         // `status.pruningFrozen` must say so at once: the incident waits for it.
@@ -179,7 +213,9 @@ async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<A
         }
     }
 
-    // Restore tests: due at the verification cron, on the newest completed backup.
+    // Restore tests: due at the verification cron, on the newest completed backup. One in
+    // progress goes on whatever the cron says; without `verification`, leftovers go.
+    let mut test_due = false;
     if let Some(verification) = &spec.verification {
         match cron::next_run(&verification.schedule.0, &spec.time_zone, now) {
             Err(problem) => {
@@ -199,9 +235,7 @@ async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<A
                 };
                 let mut next = due;
                 if due <= now {
-                    if let Some(verified_at) = verify_newest(&ctx, &schedule).await? {
-                        status.last_verified_time = Some(Time(verified_at));
-                    }
+                    test_due = true;
                     next = next_from_now;
                 }
                 status.next_verification = Some(Time(next));
@@ -210,6 +244,13 @@ async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<A
                 requeue = Some(requeue.map_or(wait, |r: Duration| r.min(wait)));
             }
         }
+    }
+    let tested = restore_test(&ctx, &schedule, test_due).await?;
+    if let Some(verified_at) = tested.verified_at {
+        status.last_verified_time = Some(Time(verified_at));
+    }
+    if let Some(wait) = tested.wait {
+        requeue = Some(requeue.map_or(wait, |r: Duration| r.min(wait)));
     }
 
     // Retention over this schedule's backups.
@@ -242,6 +283,15 @@ async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<A
         status.last_verified_time = newest_verified;
     }
     let candidates: Vec<_> = backups.iter().map(candidate).collect();
+    for (backup, expires) in retention::expires(&candidates, &spec.retention) {
+        let Some(backup) = backups.iter().find(|b| b.name_any() == backup) else {
+            continue;
+        };
+        let recorded = backup.status.as_ref().and_then(|s| s.expires.clone());
+        if recorded.map(|t| t.0) != expires {
+            record_expiry(&ctx, &backup.name_any(), expires).await?;
+        }
+    }
     for doomed in retention::to_delete(&candidates, &spec.retention, frozen, now) {
         let Some(backup) = backups.iter().find(|b| b.name_any() == doomed) else {
             continue;
@@ -270,18 +320,102 @@ async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<A
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
-/// Decrypts the newest completed backup of the schedule and checks it against its manifest,
-/// then records the outcome on the Backup. Returns the time when it was verified.
-async fn verify_newest(
+/// What a restore-test step achieved.
+#[derive(Default)]
+struct Tested {
+    /// When the newest backup was verified, if this step verified it.
+    verified_at: Option<Timestamp>,
+    /// Check Jobs are running: look again after this long at the latest (their first
+    /// timeout); the Job watch brings the reconcile back sooner when one finishes.
+    wait: Option<Duration>,
+}
+
+/// Moves the schedule's restore test on: starts one when `due`, carries on with one in
+/// progress (found by its scratch namespaces' label, also after an operator restart), and
+/// deletes scratch namespaces that no test needs any more.
+async fn restore_test(
     ctx: &Context,
     schedule: &BackupSchedule,
-) -> Result<Option<Timestamp>, Error> {
-    let Some(verification) = &schedule.spec.verification else {
-        return Ok(None);
-    };
+    due: bool,
+) -> Result<Tested, Error> {
     let name = schedule.name_any();
-    let backups = Api::<Backup>::all(ctx.client.clone());
-    let newest = backups
+    let scratch: Vec<Namespace> = Api::<Namespace>::all(ctx.client.clone())
+        .list(&ListParams::default().labels(&format!("{}={name}", verify::SCRATCH_LABEL)))
+        .await
+        .map_err(kube_error(
+            "list the scratch namespaces of",
+            format!("BackupSchedule {name}"),
+        ))?
+        .items
+        .into_iter()
+        .filter(|ns| ns.metadata.deletion_timestamp.is_none())
+        .collect();
+    let Some(verification) = &schedule.spec.verification else {
+        delete_scratch(ctx, &scratch).await?;
+        return Ok(Tested::default());
+    };
+    if scratch.is_empty() {
+        if !due {
+            return Ok(Tested::default());
+        }
+        return start_restore_test(ctx, schedule, verification).await;
+    }
+    let backup_name = scratch
+        .iter()
+        .find_map(|ns| ns.annotations().get(verify::BACKUP_ANNOTATION).cloned())
+        .unwrap_or_default();
+    let backup = Api::<Backup>::all(ctx.client.clone())
+        .get_opt(&backup_name)
+        .await
+        .map_err(kube_error("read", format!("Backup {backup_name}")))?;
+    let restored = scratch.iter().find_map(|ns| {
+        let message = ns.annotations().get(verify::RESTORED_ANNOTATION)?;
+        Some((ns.name_any(), message.clone()))
+    });
+    match (backup, restored) {
+        (Some(_), Some((checks_namespace, restored))) => {
+            let test = RestoreTest {
+                backup: backup_name,
+                restored,
+                checks_namespace,
+                scratch,
+            };
+            run_checks(ctx, schedule, verification, test).await
+        }
+        (backup, _) => {
+            // Stopped before the copy was read back (an operator restart), or the Backup
+            // was deleted meanwhile: nothing to conclude from this copy.
+            info!(schedule = %name, backup = %backup_name, "discarding an unfinished restore test");
+            delete_scratch(ctx, &scratch).await?;
+            if backup.is_some() {
+                return start_restore_test(ctx, schedule, verification).await;
+            }
+            Ok(Tested::default())
+        }
+    }
+}
+
+/// A restore test whose copy was read back equal to the backup.
+struct RestoreTest {
+    backup: String,
+    /// What was compared, in words.
+    restored: String,
+    /// The scratch namespace the check Jobs run in: the copy of the first namespace of
+    /// the backup's selection.
+    checks_namespace: String,
+    scratch: Vec<Namespace>,
+}
+
+/// Opens the newest completed backup of the schedule with every check, restores it into
+/// fresh scratch namespaces and reads it back, then starts the checks. Without
+/// `restore`, opening it is the whole test.
+async fn start_restore_test(
+    ctx: &Context,
+    schedule: &BackupSchedule,
+    verification: &Verification,
+) -> Result<Tested, Error> {
+    let name = schedule.name_any();
+    let newest = Api::<Backup>::all(ctx.client.clone())
         .list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}={name}")))
         .await
         .map_err(kube_error(
@@ -302,7 +436,7 @@ async fn verify_newest(
                 .map(|t| t.0)
         });
     let Some(backup) = newest else {
-        return Ok(None);
+        return Ok(Tested::default());
     };
     let backup_name = backup.name_any();
     let identity = engine::identity(&ctx.client, &verification.identity_secret_ref)
@@ -317,20 +451,286 @@ async fn verify_newest(
             .await
             .map_err(kube_error("verify", format!("Backup {backup_name}")))?,
     };
-    let outcome = match opened {
-        Err(failure) => Err(failure),
-        Ok(objects) if verification.restore => match dry_run_restore(ctx, &name, &objects).await? {
-            Ok(()) => Ok(format!(
-                "decrypted; {} objects match the manifest and were accepted by the API server (server-side dry-run into a scratch namespace); checks are not run by this version",
-                objects.len()
-            )),
-            Err(failure) => Err(failure),
-        },
-        Ok(objects) => Ok(format!(
-            "decrypted; {} objects match the manifest",
-            objects.len()
-        )),
+    let objects = match opened {
+        Err(failure) => return finish(ctx, schedule, &backup_name, Err(failure), &[]).await,
+        Ok(objects) => objects,
     };
+    let opened = format!("decrypted; {} objects match the manifest", objects.len());
+    if !verification.restore {
+        return finish(ctx, schedule, &backup_name, Ok(opened), &[]).await;
+    }
+
+    let started = Timestamp::now();
+    let uid = schedule.uid().unwrap_or_default();
+    let namespaces = Api::<Namespace>::all(ctx.client.clone());
+    let mut scratch = Vec::new();
+    let mut copies = BTreeMap::new();
+    for (index, source) in backup.spec.include.namespaces.iter().enumerate() {
+        let copy = verify::scratch_name(&name, started, index);
+        let manifest = verify::scratch_namespace(&copy, &name, &uid, &backup_name, source);
+        let created = namespaces
+            .patch(
+                &copy,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&manifest),
+            )
+            .await
+            .map_err(kube_error("create the scratch namespace", copy.clone()))?;
+        scratch.push(created);
+        Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &copy)
+            .patch(
+                verify::ISOLATION_POLICY,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&verify::isolation_policy(&copy, &name)),
+            )
+            .await
+            .map_err(kube_error(
+                "isolate the scratch namespace",
+                format!("NetworkPolicy {copy}/{}", verify::ISOLATION_POLICY),
+            ))?;
+        copies.insert(source.clone(), copy);
+    }
+    publish(
+        ctx,
+        schedule,
+        EventType::Normal,
+        "RestoreTestStarted",
+        format!(
+            "{backup_name}: restoring {} objects into {}",
+            objects.len(),
+            copies.values().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    )
+    .await;
+    let restored = match restore_and_compare(ctx, &objects, &copies).await {
+        Ok(Ok(restored)) => format!("{opened}; {restored}"),
+        Ok(Err(failure)) => {
+            return finish(ctx, schedule, &backup_name, Err(failure), &scratch).await;
+        }
+        Err(error) => {
+            // Left for the next reconcile, which finds the copy unfinished and starts over.
+            return Err(error);
+        }
+    };
+    let checks_namespace = verify::scratch_name(&name, started, 0);
+    // A merge patch: the namespace's labels belong to the apply above.
+    let annotation = json!({"metadata": {"annotations": {verify::RESTORED_ANNOTATION: restored}}});
+    namespaces
+        .patch(
+            &checks_namespace,
+            &PatchParams::default(),
+            &Patch::Merge(&annotation),
+        )
+        .await
+        .map_err(kube_error(
+            "record the comparison on the scratch namespace",
+            checks_namespace.clone(),
+        ))?;
+    let test = RestoreTest {
+        backup: backup_name,
+        restored,
+        checks_namespace,
+        scratch,
+    };
+    run_checks(ctx, schedule, verification, test).await
+}
+
+/// Applies every object into the scratch copy of its namespace for real, reads each back
+/// and compares it with the backup. The inner error names the first object refused or
+/// restored differently.
+async fn restore_and_compare(
+    ctx: &Context,
+    objects: &[serde_json::Value],
+    copies: &BTreeMap<String, String>,
+) -> Result<Result<String, String>, Error> {
+    let mut ordered: Vec<&serde_json::Value> = objects.iter().collect();
+    ordered.sort_by_key(|o| selection::restore_rank(o["kind"].as_str().unwrap_or_default()));
+    let mut kinds = BTreeMap::new();
+    for object in ordered {
+        let api_version = object["apiVersion"].as_str().unwrap_or_default();
+        let kind = object["kind"].as_str().unwrap_or_default();
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        let source = object["metadata"]["namespace"].as_str().unwrap_or_default();
+        let Some(scratch) = copies.get(source) else {
+            return Ok(Err(format!(
+                "{kind} {source}/{name} is outside the namespaces the backup selected"
+            )));
+        };
+        let key = format!("{api_version}/{kind}");
+        if !kinds.contains_key(&key) {
+            let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+            match discovery::pinned_kind(&ctx.client, &GroupVersionKind::gvk(group, version, kind))
+                .await
+            {
+                Ok((resource, _)) => {
+                    kinds.insert(key.clone(), resource);
+                }
+                Err(error) => {
+                    return Ok(Err(format!(
+                        "{kind} is not served by this cluster: {error}"
+                    )));
+                }
+            }
+        }
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), scratch, &kinds[&key]);
+        let copy = verify::scratch_copy(object, scratch);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match api.patch(name, &params, &Patch::Apply(&copy)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if [400, 403, 404, 409, 422].contains(&status.code) => {
+                return Ok(Err(format!(
+                    "{kind} {source}/{name} was refused by the API server when restored into {scratch}: {}",
+                    status.message
+                )));
+            }
+            Err(error) => {
+                return Err(kube_error(
+                    "restore for a test",
+                    format!("{kind} {scratch}/{name}"),
+                )(error));
+            }
+        }
+        let read_back = api
+            .get(name)
+            .await
+            .map_err(kube_error("read back", format!("{kind} {scratch}/{name}")))?;
+        let mut restored = serde_json::to_value(&read_back).unwrap_or_default();
+        restored["apiVersion"] = json!(api_version);
+        restored["kind"] = json!(kind);
+        if let Some(path) = verify::difference(object, &restored) {
+            return Ok(Err(format!(
+                "{kind} {source}/{name} was restored into {scratch} differently from the backup, at {path}"
+            )));
+        }
+    }
+    Ok(Ok(format!(
+        "restored into {} and read back equal to the backup apart from server-set fields and the namespace",
+        copies.values().cloned().collect::<Vec<_>>().join(", ")
+    )))
+}
+
+/// Creates the check Jobs that do not exist yet and judges them; the test ends when all
+/// passed, one failed, or one ran out of time.
+async fn run_checks(
+    ctx: &Context,
+    schedule: &BackupSchedule,
+    verification: &Verification,
+    test: RestoreTest,
+) -> Result<Tested, Error> {
+    let name = schedule.name_any();
+    let namespace = &test.checks_namespace;
+    let jobs = Api::<Job>::namespaced(ctx.client.clone(), namespace);
+    let mut checks = Vec::new();
+    for template in &verification.checks {
+        let job_name = verify::check_job_name(&template.name);
+        let timeout = template
+            .timeout
+            .as_ref()
+            .and_then(|t| t.to_std().ok())
+            .unwrap_or(verify::DEFAULT_CHECK_TIMEOUT);
+        let existing = jobs
+            .get_opt(&job_name)
+            .await
+            .map_err(kube_error("read", format!("Job {namespace}/{job_name}")))?;
+        let state = match existing {
+            Some(job) => verify::job_state(&serde_json::to_value(job).unwrap_or_default()),
+            None => match create_check(ctx, &name, namespace, template).await? {
+                Ok(()) => verify::JobState::Running {
+                    created: Timestamp::now(),
+                },
+                Err(refused) => verify::JobState::Failed(refused),
+            },
+        };
+        checks.push(verify::Check {
+            name: template.name.clone(),
+            state,
+            timeout,
+        });
+    }
+    let now = Timestamp::now();
+    let names = || {
+        verification
+            .checks
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let outcome = match verify::checks(&checks, now) {
+        verify::Checks::Running { until } => {
+            let wait = until.duration_since(now).as_secs_f64().max(0.0);
+            return Ok(Tested {
+                verified_at: None,
+                wait: Some(Duration::from_secs_f64(wait) + Duration::from_millis(50)),
+            });
+        }
+        verify::Checks::Passed if checks.is_empty() => {
+            Ok(format!("{}; no checks configured", test.restored))
+        }
+        verify::Checks::Passed => Ok(format!(
+            "{}; checks passed in {namespace}: {}",
+            test.restored,
+            names()
+        )),
+        verify::Checks::Failed(why) => Err(format!("{}; but {why}", test.restored)),
+    };
+    finish(ctx, schedule, &test.backup, outcome, &test.scratch).await
+}
+
+/// Creates one check Job; the inner error is why the API server refused it.
+async fn create_check(
+    ctx: &Context,
+    schedule: &str,
+    namespace: &str,
+    template: &JobTemplate,
+) -> Result<Result<(), String>, Error> {
+    let job_name = verify::check_job_name(&template.name);
+    let spec: JobSpec = match serde_json::from_value(template.spec.clone()) {
+        Ok(spec) => spec,
+        Err(error) => return Ok(Err(format!("the spec is not a valid JobSpec: {error}"))),
+    };
+    let job = Job {
+        metadata: ObjectMeta {
+            name: Some(job_name.clone()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([
+                (verify::SCRATCH_LABEL.to_owned(), schedule.to_owned()),
+                (verify::CHECK_LABEL.to_owned(), template.name.clone()),
+                (
+                    labels::MANAGED_BY_KEY.to_owned(),
+                    labels::MANAGED_BY.to_owned(),
+                ),
+            ])),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        ..Default::default()
+    };
+    match Api::<Job>::namespaced(ctx.client.clone(), namespace)
+        .create(&PostParams::default(), &job)
+        .await
+    {
+        Ok(_) => Ok(Ok(())),
+        Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(Ok(())),
+        Err(kube::Error::Api(status)) if [400, 403, 422].contains(&status.code) => Ok(Err(
+            format!("the Job was refused by the API server: {}", status.message),
+        )),
+        Err(error) => Err(kube_error("create", format!("Job {namespace}/{job_name}"))(
+            error,
+        )),
+    }
+}
+
+/// Records the verdict on the Backup, says so in an Event, and deletes the scratch
+/// namespaces whatever the verdict.
+async fn finish(
+    ctx: &Context,
+    schedule: &BackupSchedule,
+    backup_name: &str,
+    outcome: Result<String, String>,
+    scratch: &[Namespace],
+) -> Result<Tested, Error> {
     let now = Timestamp::now();
     let (state, message) = match &outcome {
         Ok(message) => (VerificationState::Verified, message.clone()),
@@ -339,13 +739,19 @@ async fn verify_newest(
     // A merge patch: the verification belongs to this step, the rest of the status to the
     // Backup controller.
     let patch = json!({"status": {"verification": {"state": state, "time": Time(now), "message": message}}});
-    backups
-        .patch_status(&backup_name, &PatchParams::default(), &Patch::Merge(&patch))
+    match Api::<Backup>::all(ctx.client.clone())
+        .patch_status(backup_name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(kube_error(
-            "record the verification of",
-            format!("Backup {backup_name}"),
-        ))?;
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.is_not_found() => {}
+        Err(error) => {
+            return Err(kube_error(
+                "record the verification of",
+                format!("Backup {backup_name}"),
+            )(error));
+        }
+    }
     let (type_, reason) = if outcome.is_ok() {
         (EventType::Normal, "BackupVerified")
     } else {
@@ -359,112 +765,89 @@ async fn verify_newest(
         format!("{backup_name}: {message}"),
     )
     .await;
-    Ok(outcome.ok().map(|_| now))
+    delete_scratch(ctx, scratch).await?;
+    Ok(Tested {
+        verified_at: outcome.ok().map(|_| now),
+        wait: None,
+    })
 }
 
-/// Applies every object with server-side dry-run into a scratch namespace per source
-/// namespace (created for the test and deleted after it): the API server validates and
-/// admits each one, nothing is stored. The inner error names the first object refused.
-async fn dry_run_restore(
-    ctx: &Context,
-    schedule: &str,
-    objects: &[serde_json::Value],
-) -> Result<Result<(), String>, Error> {
-    use k8s_openapi::api::core::v1::Namespace;
-    use kube::{
-        api::{DynamicObject, GroupVersionKind},
-        discovery,
-    };
+async fn delete_scratch(ctx: &Context, scratch: &[Namespace]) -> Result<(), Error> {
     let namespaces = Api::<Namespace>::all(ctx.client.clone());
-    let mut sources: Vec<&str> = objects
-        .iter()
-        .filter_map(|o| o["metadata"]["namespace"].as_str())
-        .collect();
-    sources.sort_unstable();
-    sources.dedup();
-    let mut kinds = BTreeMap::new();
-    for (index, source) in sources.iter().enumerate() {
-        // A new name every test: a deleted namespace lingers while it terminates.
-        let scratch: String = format!(
-            "resurgo-verify-{}-{index}-{}",
-            Timestamp::now().as_second(),
-            archive::sha256_hex(schedule.as_bytes())
-        )
-        .chars()
-        .take(63)
-        .collect();
-        let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": scratch,
-            "labels": {"app.kubernetes.io/managed-by": labels::MANAGED_BY, SCHEDULE_LABEL: schedule,
-                       "pod-security.kubernetes.io/enforce": "restricted"}}});
-        namespaces
-            .patch(
-                &scratch,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&namespace),
-            )
+    for namespace in scratch {
+        let name = namespace.name_any();
+        match namespaces.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.is_not_found() => {}
+            Err(error) => return Err(kube_error("delete the scratch namespace", name)(error)),
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the scratch namespaces of schedules that no longer exist: left by an operator
+/// that stopped mid-test before their schedule was deleted (the garbage collector removes
+/// the others with their owner). Those of existing schedules are their reconcile's to
+/// carry on or delete.
+async fn sweep_scratch(client: &Client) -> Result<(), Error> {
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let scratch = namespaces
+        .list(&ListParams::default().labels(verify::SCRATCH_LABEL))
+        .await
+        .map_err(kube_error(
+            "list",
+            "the scratch namespaces of restore tests",
+        ))?;
+    let schedules = Api::<BackupSchedule>::all(client.clone());
+    for namespace in scratch.items {
+        let Some(schedule) = namespace.labels().get(verify::SCRATCH_LABEL) else {
+            continue;
+        };
+        let present = schedules
+            .get_opt(schedule)
             .await
-            .map_err(kube_error("create the scratch namespace", scratch.clone()))?;
-        let mut refused = None;
-        for object in objects
-            .iter()
-            .filter(|o| o["metadata"]["namespace"] == *source)
-        {
-            let api_version = object["apiVersion"].as_str().unwrap_or_default();
-            let kind = object["kind"].as_str().unwrap_or_default();
-            let name = object["metadata"]["name"].as_str().unwrap_or_default();
-            let key = format!("{api_version}/{kind}");
-            if !kinds.contains_key(&key) {
-                let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-                match discovery::pinned_kind(
-                    &ctx.client,
-                    &GroupVersionKind::gvk(group, version, kind),
-                )
+            .map_err(kube_error("read", format!("BackupSchedule {schedule}")))?
+            .is_some();
+        if !present && namespace.metadata.deletion_timestamp.is_none() {
+            info!(namespace = %namespace.name_any(), %schedule, "deleting a leftover scratch namespace");
+            match namespaces
+                .delete(&namespace.name_any(), &DeleteParams::default())
                 .await
-                {
-                    Ok((resource, _)) => {
-                        kinds.insert(key.clone(), resource);
-                    }
-                    Err(error) => {
-                        refused = Some(format!("{kind} is not served by this cluster: {error}"));
-                        break;
-                    }
-                }
-            }
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(ctx.client.clone(), &scratch, &kinds[&key]);
-            let mut copy = object.clone();
-            copy["metadata"]["namespace"] = json!(scratch);
-            let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
-            match api.patch(name, &params, &Patch::Apply(&copy)).await {
+            {
                 Ok(_) => {}
-                Err(kube::Error::Api(status))
-                    if status.code == 422 || status.code == 400 || status.code == 403 =>
-                {
-                    refused = Some(format!(
-                        "{kind} {source}/{name} was refused by the API server: {}",
-                        status.message
-                    ));
-                    break;
-                }
+                Err(kube::Error::Api(status)) if status.is_not_found() => {}
                 Err(error) => {
-                    let _ = namespaces.delete(&scratch, &DeleteParams::default()).await;
                     return Err(kube_error(
-                        "dry-run restore",
-                        format!("{kind} {source}/{name}"),
+                        "delete the scratch namespace",
+                        namespace.name_any(),
                     )(error));
                 }
             }
         }
-        match namespaces.delete(&scratch, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.is_not_found() => {}
-            Err(error) => return Err(kube_error("delete the scratch namespace", scratch)(error)),
-        }
-        if let Some(refused) = refused {
-            return Ok(Err(refused));
-        }
     }
-    Ok(Ok(()))
+    Ok(())
+}
+
+/// Writes `status.expires` of a Backup, or removes it.
+async fn record_expiry(
+    ctx: &Context,
+    backup: &str,
+    expires: Option<Timestamp>,
+) -> Result<(), Error> {
+    // A merge patch: the field is retention's, the rest of the status the Backup
+    // controller's.
+    let patch = json!({"status": {"expires": expires.map(Time)}});
+    match Api::<Backup>::all(ctx.client.clone())
+        .patch_status(backup, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(error) => Err(kube_error(
+            "record when retention may delete",
+            format!("Backup {backup}"),
+        )(error)),
+    }
 }
 
 fn candidate(backup: &Backup) -> retention::Candidate {
