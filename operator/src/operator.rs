@@ -13,7 +13,7 @@ use futures::{FutureExt, StreamExt, future::BoxFuture};
 use kube::{
     Api, Client,
     api::ListParams,
-    runtime::{WatchStreamExt, watcher},
+    runtime::{Controller, WatchStreamExt, reflector, watcher},
 };
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -100,6 +100,32 @@ impl Shared {
             Some(selector) => config.labels(selector),
             None => config,
         }
+    }
+
+    /// A Controller for the Resurgo kind `K`, watched with [`Shared::watch_config`].
+    ///
+    /// Its watch is driven by a task of its own rather than by the Controller: a Controller
+    /// holds the reconciles it has queued until its store is filled, and stopping stops
+    /// polling its inputs, so one stopped in the first moments (a SIGTERM while starting)
+    /// would wait forever for a store nothing fills any more.
+    pub fn controller<K>(&self, api: Api<K>) -> Controller<K>
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (reader, writer) = reflector::store();
+        let changes = watcher(api, self.watch_config())
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects();
+        let (sender, receiver) = futures::channel::mpsc::unbounded();
+        tokio::spawn(changes.map(Ok).forward(sender).map(drop));
+        Controller::for_stream(receiver, reader)
     }
 
     /// Completes when the operator stops: pass it to `Controller::graceful_shutdown_on`.

@@ -59,7 +59,6 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions},
     runtime::{
-        Controller,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
         finalizer::{self, finalizer},
@@ -143,10 +142,7 @@ pub async fn run(shared: Shared) {
         recorder: Recorder::new(client.clone(), reporter),
         namespace: operator_namespace(),
     });
-    let controller = Controller::new(
-        Api::<AccessPolicy>::all(client.clone()),
-        shared.watch_config(),
-    );
+    let controller = shared.controller(Api::<AccessPolicy>::all(client.clone()));
     let policies = controller.store();
     let (for_rb, for_crb, for_ns) = (policies.clone(), policies.clone(), policies);
     let ours = watcher::Config::default().labels(labels::ACCESS_POLICY);

@@ -16,7 +16,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{Controller, controller::Action},
+    runtime::controller::Action,
 };
 use serde_json::json;
 use tracing::{info, warn};
@@ -42,7 +42,8 @@ pub async fn run(shared: Shared) {
         client: client.clone(),
         probed: Mutex::default(),
     });
-    Controller::new(Api::<BackupStore>::all(client), shared.watch_config())
+    shared
+        .controller(Api::<BackupStore>::all(client))
         .graceful_shutdown_on(shared.shutdown())
         .run(reconcile, error_policy, context)
         .for_each(|result| {

@@ -15,7 +15,6 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
-        Controller,
         controller::Action,
         events::{Event, EventType, Recorder},
     },
@@ -49,7 +48,8 @@ pub async fn run(shared: Shared) {
         client: client.clone(),
         finished: Mutex::default(),
     });
-    Controller::new(Api::<Backup>::all(client), shared.watch_config())
+    shared
+        .controller(Api::<Backup>::all(client))
         .graceful_shutdown_on(shared.shutdown())
         .run(reconcile, error_policy, context)
         .for_each(|result| {

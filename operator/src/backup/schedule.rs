@@ -26,7 +26,6 @@ use kube::{
     },
     discovery,
     runtime::{
-        Controller,
         controller::Action,
         events::{Event, EventType, Recorder},
         reflector::ObjectRef,
@@ -67,10 +66,7 @@ pub async fn run(shared: Shared) {
         client: client.clone(),
         written: Mutex::default(),
     });
-    let controller = Controller::new(
-        Api::<BackupSchedule>::all(client.clone()),
-        shared.watch_config(),
-    );
+    let controller = shared.controller(Api::<BackupSchedule>::all(client.clone()));
     let schedules = controller.store();
     if let Err(error) = sweep_scratch(&client).await {
         warn!(%error, "could not sweep leftover scratch namespaces");

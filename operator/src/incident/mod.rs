@@ -32,7 +32,6 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
     runtime::{
-        Controller,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
         reflector::{ObjectRef, Store},
@@ -136,7 +135,7 @@ pub async fn run(shared: Shared) {
         metrics: shared.metrics.clone(),
         written: Mutex::default(),
     });
-    let controller = Controller::new(Api::<Incident>::all(client.clone()), shared.watch_config());
+    let controller = shared.controller(Api::<Incident>::all(client.clone()));
     let incidents = controller.store();
     shared.kind_listed(Api::<Incident>::all(client.clone()));
     let naming_policy = incidents.clone();
