@@ -43,6 +43,7 @@ pub async fn run(shared: Shared) {
         probed: Mutex::default(),
     });
     Controller::new(Api::<BackupStore>::all(client), shared.watch_config())
+        .trigger_backoff(crate::operator::TriggerBackoff::default())
         .graceful_shutdown_on(shared.shutdown())
         .run(reconcile, error_policy, context)
         .for_each(|result| {
