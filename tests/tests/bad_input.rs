@@ -19,6 +19,7 @@ use std::{
 use futures::future::join_all;
 use k8s_openapi::api::{
     apps::v1::Deployment,
+    batch::v1::Job,
     core::v1::{ConfigMap, Namespace, Secret},
     networking::v1::NetworkPolicy,
     rbac::v1::{ClusterRoleBinding, RoleBinding},
@@ -56,6 +57,9 @@ enum Proof {
     NotStored,
     /// The plan created no namespace and no object labelled with its name.
     NothingOfThePlan,
+    /// The plan created none of the service's own objects (workload, Jobs, Secrets); only
+    /// the hardened, empty namespace it prepares before it reads the workload's source.
+    NoWorkloadOfThePlan,
     /// The backup wrote nothing: no location, items or manifest, and no file in the store.
     NoBackupData,
     /// The schedule planned no run and created no Backup.
@@ -285,8 +289,11 @@ fn catalogue(n: &Names) -> Vec<Case> {
                         "workload": {"fromBackup": {"identitySecretRef": {"name": format!("{name}-absent"), "namespace": "default"}}}}),
             ],
         ),
-        stalled("?", "?"),
-        Proof::NothingOfThePlan,
+        stalled(
+            "ServiceFailed",
+            format!("records: identity Secret default/{name}-absent not found"),
+        ),
+        Proof::NoWorkloadOfThePlan,
     );
     add(
         "a workload read from a ConfigMap that does not exist",
@@ -298,8 +305,11 @@ fn catalogue(n: &Names) -> Vec<Case> {
                         "workload": {"configMapRef": {"name": format!("{name}-absent"), "namespace": "default"}}}),
             ],
         ),
-        stalled("?", "?"),
-        Proof::NothingOfThePlan,
+        stalled(
+            "ServiceFailed",
+            format!("records: ConfigMap default/{name}-absent not found"),
+        ),
+        Proof::NoWorkloadOfThePlan,
     );
     add(
         "a service that depends on itself",
@@ -799,6 +809,28 @@ async fn disproof(client: &Client, case: &Case, n: &Names, before: &Before) -> V
                 let namespace = service["namespace"].as_str().unwrap();
                 if namespaces.get_opt(namespace).await.unwrap().is_some() {
                     wrong.push(format!("namespace {namespace} exists"));
+                }
+            }
+        }
+        Proof::NoWorkloadOfThePlan => {
+            let labelled = format!("resurgo.dev/plan={name}");
+            let kinds = [
+                ApiResource::erase::<Deployment>(&()),
+                ApiResource::erase::<Job>(&()),
+                ApiResource::erase::<ConfigMap>(&()),
+                ApiResource::erase::<Secret>(&()),
+            ];
+            for resource in kinds {
+                let found = Api::<DynamicObject>::all_with(client.clone(), &resource)
+                    .list(&ListParams::default().labels(&labelled))
+                    .await
+                    .unwrap();
+                for object in found.items {
+                    wrong.push(format!(
+                        "{} {} was created",
+                        resource.kind,
+                        object.name_any()
+                    ));
                 }
             }
         }
