@@ -787,6 +787,7 @@ async fn disproof(client: &Client, case: &Case, n: &Names, before: &Before) -> V
             let kinds = [
                 ApiResource::erase::<Namespace>(&()),
                 ApiResource::erase::<Deployment>(&()),
+                ApiResource::erase::<Job>(&()),
                 ApiResource::erase::<ConfigMap>(&()),
                 ApiResource::erase::<Secret>(&()),
                 ApiResource::erase::<NetworkPolicy>(&()),

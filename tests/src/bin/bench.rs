@@ -117,7 +117,7 @@ struct Args {
     dry_run: bool,
 
     /// Instead of the scenarios, run the chaos loop: N recoveries of a 7-service plan in 3
-    /// tiers, each with the operator killed (kill -9) at a random moment and restarted, after
+    /// tiers, each with the operator killed (kill -9) at a random moment and restarted, then
     /// one undisturbed recovery; prints a table of the trials and the invariants violated.
     #[arg(long, value_name = "N")]
     chaos: Option<u32>,
