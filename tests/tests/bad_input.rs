@@ -43,9 +43,9 @@ enum Error {
     Rejected(String),
     /// The operator accepts it and sets this condition (type, status, reason, message).
     Condition {
-        type_: &'static str,
-        status: &'static str,
-        reason: &'static str,
+        type_: String,
+        status: String,
+        reason: String,
         message: String,
     },
 }
@@ -101,11 +101,15 @@ fn rejected(message: impl Into<String>) -> Error {
     Error::Rejected(message.into())
 }
 
-fn stalled(reason: &'static str, message: impl Into<String>) -> Error {
+fn stalled(reason: &str, message: impl Into<String>) -> Error {
+    condition("Stalled", "True", reason, message)
+}
+
+fn condition(type_: &str, status: &str, reason: &str, message: impl Into<String>) -> Error {
     Error::Condition {
-        type_: "Stalled",
-        status: "True",
-        reason,
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
         message: message.into(),
     }
 }
@@ -374,12 +378,12 @@ fn catalogue(n: &Names) -> Vec<Case> {
             json!({"s3": {"bucket": "backups", "endpoint": "https://s3.example",
                           "credentialsSecretRef": {"name": format!("{name}-absent"), "namespace": "default"}}}),
         ),
-        Error::Condition {
-            type_: "Ready",
-            status: "False",
-            reason: "Unreachable",
-            message: format!("credentials Secret default/{name}-absent not found"),
-        },
+        condition(
+            "Ready",
+            "False",
+            "Unreachable",
+            format!("credentials Secret default/{name}-absent not found"),
+        ),
         Proof::StoreNeverWritten,
     );
     add(
@@ -476,12 +480,12 @@ fn catalogue(n: &Names) -> Vec<Case> {
     add(
         "a backup to a store that does not exist",
         backup(name, &format!("{name}-nowhere"), json!({})),
-        Error::Condition {
-            type_: "Completed",
-            status: "False",
-            reason: "Failed",
-            message: format!("BackupStore {name}-nowhere not found"),
-        },
+        condition(
+            "Completed",
+            "False",
+            "Failed",
+            format!("BackupStore {name}-nowhere not found"),
+        ),
         Proof::NoBackupData,
     );
     add(
@@ -491,14 +495,14 @@ fn catalogue(n: &Names) -> Vec<Case> {
             store,
             json!({"immutability": {"period": "720h", "required": true}}),
         ),
-        Error::Condition {
-            type_: "Completed",
-            status: "False",
-            reason: "Failed",
-            message: format!(
+        condition(
+            "Completed",
+            "False",
+            "Failed",
+            format!(
                 "immutability is required, but BackupStore {store} has no object lock (a filesystem store cannot lock objects): refusing to write a backup that an attacker could delete"
             ),
-        },
+        ),
         Proof::NoBackupData,
     );
     add(
@@ -510,12 +514,12 @@ fn catalogue(n: &Names) -> Vec<Case> {
                                   "spec": {"template": {"spec": {"restartPolicy": "Never",
                                       "containers": [{"name": "dump", "image": "registry.example/dump:1"}]}}}}]}),
         ),
-        Error::Condition {
-            type_: "Completed",
-            status: "False",
-            reason: "Failed",
-            message: "dataDumps are not run by this version of the operator: remove them, or back up data with a Job of your own".into(),
-        },
+        condition(
+            "Completed",
+            "False",
+            "Failed",
+            "dataDumps are not run by this version of the operator: remove them, or back up data with a Job of your own",
+        ),
         Proof::NoBackupData,
     );
     add(
@@ -560,14 +564,12 @@ fn catalogue(n: &Names) -> Vec<Case> {
                 json!({"namespaces": [n.namespace], "expiresAt": "2021-08-01T00:00:00Z"}),
             )],
         ),
-        Error::Condition {
-            type_: "Ready",
-            status: "True",
-            reason: "Applied",
-            message:
-                "0 grants in force (expired: on-call at 2021-08-01T00:00:00Z); no binding suspended"
-                    .into(),
-        },
+        condition(
+            "Ready",
+            "True",
+            "Applied",
+            "0 grants in force (expired: on-call at 2021-08-01T00:00:00Z); no binding suspended",
+        ),
         Proof::NoBindingAndOthersIntact,
     );
     add(
@@ -698,7 +700,7 @@ fn resource_of(kind: &str) -> ApiResource {
 }
 
 /// The condition `type_` of a Resurgo object, as (status, reason, message).
-fn condition(object: &DynamicObject, type_: &str) -> Option<(String, String, String)> {
+fn read_condition(object: &DynamicObject, type_: &str) -> Option<(String, String, String)> {
     object.data["status"]["conditions"]
         .as_array()?
         .iter()
@@ -729,7 +731,7 @@ async fn outcome(client: &Client, case: &Case) -> Error {
         ..
     } = &case.error
     else {
-        // Expected a rejection and got none: report the first condition the operator sets.
+        // A rejection was expected, and the API server stored the object instead.
         return Error::Rejected(format!("accepted: {kind}/{name} was created"));
     };
     let settled = |object: Option<&DynamicObject>| {
@@ -738,7 +740,8 @@ async fn outcome(client: &Client, case: &Case) -> Error {
             let current = o.data["status"]["observedGeneration"]
                 .as_i64()
                 .is_none_or(|g| Some(g) == o.metadata.generation);
-            current && condition(o, type_).is_some_and(|(s, r, _)| s == *status && r == *reason)
+            current
+                && read_condition(o, type_).is_some_and(|(s, r, _)| s == *status && r == *reason)
         })
     };
     let seen = tokio::time::timeout(
@@ -750,11 +753,11 @@ async fn outcome(client: &Client, case: &Case) -> Error {
         Ok(Ok(Some(object))) => object,
         _ => api.get(&name).await.unwrap(),
     };
-    match condition(&object, type_) {
+    match read_condition(&object, type_) {
         Some((status, reason, message)) => Error::Condition {
-            type_,
-            status: leak(status),
-            reason: leak(reason),
+            type_: type_.clone(),
+            status,
+            reason,
             message,
         },
         None => Error::Rejected(format!(
@@ -762,12 +765,6 @@ async fn outcome(client: &Client, case: &Case) -> Error {
             object.data["status"]
         )),
     }
-}
-
-/// The catalogue's expectations are `&'static str`; an unexpected value read back is
-/// leaked so that both compare as one type (a test process, a handful of strings).
-fn leak(text: String) -> &'static str {
-    Box::leak(text.into_boxed_str())
 }
 
 /// Checks the case's proof; returns what it found wrong.
