@@ -62,7 +62,7 @@ target/release/bench --operator "$operator" --chaos "$chaos_trials" | tee -a "$r
 {
   echo
   echo "== summary of this run ($(date -u +%FT%TZ), $(nproc) cores, $(uname -r))"
-  grep -E "^== scenario|ordering overhead per tier boundary, p(50|99)|recovery time / critical path  |operator peak RSS|operator CPU since start|raw create rate|backup rate / raw|restore rate / raw|^chaos summary" "$report" || true
+  grep -E "^== (scenario|backup bench|chaos)|ordering overhead per tier boundary, p(50|99)|recovery time / critical path  |operator peak RSS|operator CPU since start|raw create rate|backup rate / raw|restore rate / raw|^chaos summary" "$report" || true
 } | tee -a "$report.summary"
 cat "$report.summary" >> "$report" && rm -f "$report.summary"
 log "full output: $report"
