@@ -77,6 +77,47 @@ pub enum StartError {
     Lost(#[from] leader::Lost),
 }
 
+/// The pause between retries of a controller's watches, for `Controller::trigger_backoff`.
+///
+/// kube-runtime puts one backoff in front of *all* the watches of a controller, and its
+/// default only forgets earlier errors after 120 s without one. After a kube-apiserver
+/// restart every watch fails once more with `410 Expired` before it re-lists, so with the
+/// default each of a controller's watches doubled the pause of all of them, and a recovery
+/// stood still for minutes while the cluster was back (tests/tests/chaos.rs shows it). Here
+/// the pause grows from 100 ms to at most 2 s, and any event received resets it: a dead API
+/// server is still retried gently, and one that is back is followed within a second or two.
+#[derive(Clone, Debug)]
+pub struct TriggerBackoff {
+    next: Duration,
+}
+
+impl TriggerBackoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const LONGEST: Duration = Duration::from_secs(2);
+}
+
+impl Default for TriggerBackoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for TriggerBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let pause = self.next;
+        self.next = (self.next * 2).min(Self::LONGEST);
+        Some(pause)
+    }
+}
+
+impl kube::runtime::utils::Backoff for TriggerBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
 /// What `resurgo run` hands every controller. Cloning it is cheap.
 #[derive(Clone)]
 pub struct Shared {
@@ -120,7 +161,7 @@ impl Shared {
     {
         let (reader, writer) = reflector::store();
         let changes = watcher(api, self.watch_config())
-            .default_backoff()
+            .backoff(TriggerBackoff::default())
             .reflect(writer)
             .applied_objects();
         let (sender, receiver) = futures::channel::mpsc::unbounded();
@@ -359,5 +400,21 @@ fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
             _ = tokio::signal::ctrl_c() => {}
             _ = terminate => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::utils::Backoff;
+
+    use super::*;
+
+    #[test]
+    fn watch_retries_back_off_to_two_seconds_and_start_over_after_an_event() {
+        let mut backoff = TriggerBackoff::default();
+        let pauses: Vec<u128> = backoff.by_ref().take(7).map(|d| d.as_millis()).collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1600, 2000, 2000]);
+        backoff.reset();
+        assert_eq!(backoff.next(), Some(Duration::from_millis(100)));
     }
 }

@@ -180,6 +180,7 @@ pub async fn run(shared: Shared) {
             watcher::Config::default(),
             move |ns| naming(&for_ns, &ns.name_any()),
         )
+        .trigger_backoff(crate::operator::TriggerBackoff::default())
         .graceful_shutdown_on(shared.shutdown())
         .run(reconcile, error_policy, context)
         .inspect(move |result| match result {

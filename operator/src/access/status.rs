@@ -73,14 +73,29 @@ pub fn compute(
             ),
         ));
     }
+    // A grant applied after its expiry gives no access; saying so tells whoever wrote it
+    // why the binding they expected is not there.
+    let expired: Vec<String> = spec
+        .grants
+        .iter()
+        .filter_map(|g| {
+            let at = g.expires_at.as_ref()?;
+            (!desired::in_force(Some(at), now)).then(|| format!("{} at {}", g.name, at.0))
+        })
+        .collect();
+    let expired = if expired.is_empty() {
+        String::new()
+    } else {
+        format!(" (expired: {})", expired.join(", "))
+    };
     let (ready, stalled) = if problems.is_empty() {
         let message = match spec.mode {
             AccessMode::Normal => format!(
-                "{} grants in force; no binding suspended",
+                "{} grants in force{expired}; no binding suspended",
                 active_grants.len()
             ),
             AccessMode::Lockdown => format!(
-                "locked down{by}: {suspended} bindings suspended; {} grants in force",
+                "locked down{by}: {suspended} bindings suspended; {} grants in force{expired}",
                 active_grants.len()
             ),
         };

@@ -8,7 +8,9 @@ use k8s_openapi::jiff::Timestamp;
 /// The first run strictly after `after`, or why the schedule cannot be read.
 pub fn next_run(expression: &str, time_zone: &str, after: Timestamp) -> Result<Timestamp, String> {
     let zone = chrono_tz::Tz::from_str(time_zone)
-        .map_err(|_| format!("unknown time zone {time_zone:?}"))?;
+        .map_err(|_| {
+            format!("spec.timeZone: unknown time zone {time_zone:?}; use an IANA name such as Europe/Rome or UTC")
+        })?;
     let cron = croner::Cron::from_str(expression)
         .map_err(|error| format!("cron expression {expression:?}: {error}"))?;
     let start = Utc

@@ -50,6 +50,7 @@ pub async fn run(shared: Shared) {
     });
     shared
         .controller(Api::<Backup>::all(client))
+        .trigger_backoff(crate::operator::TriggerBackoff::default())
         .graceful_shutdown_on(shared.shutdown())
         .run(reconcile, error_policy, context)
         .for_each(|result| {

@@ -113,6 +113,7 @@ pub async fn run(shared: Shared) {
                     .collect::<Vec<_>>()
             },
         )
+        .trigger_backoff(crate::operator::TriggerBackoff::default())
         .graceful_shutdown_on(shared.shutdown())
         .run(reconcile, error_policy, context)
         .for_each(|result| {

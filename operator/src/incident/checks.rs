@@ -115,13 +115,29 @@ fn missing<'a>(names: &'a [String], found: &BTreeMap<String, impl Sized>) -> Opt
     names.iter().find(|n| !found.contains_key(*n))
 }
 
+/// The end of the message of a step that waits for an object the incident names and that
+/// does not exist: the incident reports it as Stalled (see [`names_a_missing_object`]).
+const NOT_FOUND: &str = "does not exist";
+
+/// Why a step waits for an object named in `field` (such as `spec.recoveryPlans`).
+fn not_found(field: &str, kind: &str, name: &str) -> String {
+    format!("{field}: {kind} {name} {NOT_FOUND}")
+}
+
+/// Whether a step's message says it waits for an object that does not exist: nothing
+/// happens until the user creates it or corrects the name, so the incident is Stalled, while
+/// the step still waits and goes on by itself once the object appears.
+pub fn names_a_missing_object(message: &str) -> bool {
+    message.ends_with(NOT_FOUND)
+}
+
 fn lockdown(incident: &Incident, observed: &Observed) -> Outcome<Act> {
     let names = &incident.spec.access_policies;
     if names.is_empty() {
         return Outcome::Done("no AccessPolicies named".into());
     }
     if let Some(name) = missing(names, &observed.policies) {
-        return Outcome::Waiting(format!("accesspolicy {name} not found"));
+        return Outcome::Waiting(not_found("spec.accessPolicies", "accesspolicy", name));
     }
     let waiting: Vec<&str> = names
         .iter()
@@ -174,7 +190,7 @@ fn freeze_pruning(observed: &Observed) -> Outcome<Act> {
 
 fn choose_restore_points(incident: &Incident, observed: &Observed) -> Outcome<Act> {
     if let Some(name) = missing(&incident.spec.recovery_plans, &observed.plans) {
-        return Outcome::Waiting(format!("recoveryplan {name} not found"));
+        return Outcome::Waiting(not_found("spec.recoveryPlans", "recoveryplan", name));
     }
     let Some(points) = &observed.restore_points else {
         return Outcome::Waiting("reading backups".into());
@@ -270,7 +286,7 @@ fn plans_outcome<'a>(plans: impl Iterator<Item = &'a RecoveryPlan> + Clone) -> O
 
 fn recover(incident: &Incident, observed: &Observed) -> Outcome<Act> {
     if let Some(name) = missing(&incident.spec.recovery_plans, &observed.plans) {
-        return Outcome::Waiting(format!("recoveryplan {name} not found"));
+        return Outcome::Waiting(not_found("spec.recoveryPlans", "recoveryplan", name));
     }
     if incident.spec.recovery_plans.is_empty() {
         return Outcome::Done("no RecoveryPlans named".into());
@@ -290,7 +306,7 @@ fn drill_recover(
     observed: &Observed,
 ) -> Outcome<Act> {
     if let Some(name) = missing(&incident.spec.recovery_plans, &observed.plans) {
-        return Outcome::Waiting(format!("recoveryplan {name} not found"));
+        return Outcome::Waiting(not_found("spec.recoveryPlans", "recoveryplan", name));
     }
     let prefix = drill_prefix(incident);
     let mut to_create = Vec::new();
@@ -569,7 +585,7 @@ spec:
         let mut observed = Observed::default();
         assert_eq!(
             lockdown(&incident, &observed),
-            Outcome::Waiting("accesspolicy staff not found".into())
+            Outcome::Waiting("spec.accessPolicies: accesspolicy staff does not exist".into())
         );
         observed.policies.insert(
             "staff".into(),

@@ -189,6 +189,7 @@ pub async fn run(shared: Shared) {
             watcher::Config::default().labels(labels::PLAN),
             move |_| refs(&cleaning, |i| running(i, Step::CleanUp)),
         )
+        .trigger_backoff(crate::operator::TriggerBackoff::default())
         .graceful_shutdown_on(shared.shutdown())
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -306,13 +307,28 @@ fn finish(incident: &Incident, status: &mut IncidentStatus, now: Timestamp) {
         .map(|e| format!("{}: {}", e.step, e.message.as_deref().unwrap_or("")))
         .collect::<Vec<_>>()
         .join("; ");
+    // A step waiting for an object the incident names that does not exist makes no
+    // progress until a user acts: Stalled, with the step's message naming the field.
+    let missing = status
+        .timeline
+        .iter()
+        .rev()
+        .find(|e| e.state != StepState::Done)
+        .and_then(|e| e.message.as_deref())
+        .filter(|m| checks::names_a_missing_object(m))
+        .map(|_| current.clone());
     let generation = incident.metadata.generation;
     let (ready, progressing, stalled) = match phase {
         IncidentPhase::Recovered | IncidentPhase::Closed => (true, false, false),
         IncidentPhase::Failed => (false, false, true),
+        _ if missing.is_some() => (false, false, true),
         _ => (false, true, false),
     };
     let reason = format!("{phase:?}");
+    let (stalled_reason, stalled_message) = match missing {
+        Some(message) => ("ReferenceNotFound".to_owned(), message),
+        None => (reason.clone(), failed),
+    };
     status.observed_generation = generation;
     status.conditions = conditions(
         &status.conditions,
@@ -321,7 +337,7 @@ fn finish(incident: &Incident, status: &mut IncidentStatus, now: Timestamp) {
         [
             ("Ready", ready, &reason, &current),
             ("Progressing", progressing, &reason, &current),
-            ("Stalled", stalled, &reason, &failed),
+            ("Stalled", stalled, &stalled_reason, &stalled_message),
         ],
     );
 }

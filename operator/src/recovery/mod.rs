@@ -62,7 +62,7 @@ use crate::{
     incident,
     labels::{self, FIELD_MANAGER},
     metrics::Metrics,
-    operator::Shared,
+    operator::{Shared, TriggerBackoff},
     planner::{self, ServiceProgress},
     yaml,
 };
@@ -221,7 +221,7 @@ where
         Api::<K>::all(client.clone()),
         watcher::Config::default().labels(labels::PLAN),
     )
-    .default_backoff()
+    .backoff(TriggerBackoff::default())
     .modify(Slim::slim)
     .reflect(writer)
     .touched_objects();
@@ -261,7 +261,7 @@ pub async fn run(shared: Shared) {
     // changes: the status is this operator's own (see `last_status`), so its writes need no
     // reconcile.
     let plan_changes = watcher(Api::<PlanMeta>::all(client.clone()), shared.watch_config())
-        .default_backoff()
+        .backoff(TriggerBackoff::default())
         .modify(|plan| plan.managed_fields_mut().clear())
         .reflect(plan_writer)
         .applied_objects()
@@ -313,6 +313,8 @@ pub async fn run(shared: Shared) {
                     .collect::<Vec<_>>()
             },
         )
+        // Retries after an API server restart are quick (see `TriggerBackoff`).
+        .trigger_backoff(TriggerBackoff::default())
         .graceful_shutdown_on(shared.shutdown());
     let reconciles = controller
         .run(

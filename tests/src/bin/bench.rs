@@ -26,6 +26,8 @@
 //! Exit status: 0 when every run finished (targets met or not), 1 when a run failed (the
 //! plan never became Ready within the timeout, the cluster did not start, ...), 130 on Ctrl-C.
 
+#[path = "bench/chaos.rs"]
+mod chaos;
 #[path = "bench/cluster.rs"]
 mod cluster;
 #[path = "bench/measure.rs"]
@@ -113,6 +115,16 @@ struct Args {
     /// Only print each scenario's plan figures (services, waves, critical path); start nothing.
     #[arg(long)]
     dry_run: bool,
+
+    /// Instead of the scenarios, run the chaos loop: N recoveries of a 7-service plan in 3
+    /// tiers, each with the operator killed (kill -9) at a random moment and restarted, then
+    /// one undisturbed recovery; prints a table of the trials and the invariants violated.
+    #[arg(long, value_name = "N")]
+    chaos: Option<u32>,
+
+    /// Seed of the chaos loop's kill moments (default: from the clock, printed).
+    #[arg(long)]
+    chaos_seed: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -225,6 +237,17 @@ async fn run(args: &Args, root: &Path, teardown: &mut Teardown) -> Result<()> {
     }
 
     let machine = machine();
+    if let Some(trials) = args.chaos {
+        let outcome = chaos::run(root, &operator, teardown, trials, args.chaos_seed).await;
+        teardown.finish().await;
+        let (seed, trials) = outcome?;
+        println!("{}", chaos::render(seed, &trials, &machine));
+        let violations: usize = trials.iter().map(|t| t.violations.len()).sum();
+        if violations > 0 {
+            bail!("the chaos loop found {violations} violations");
+        }
+        return Ok(());
+    }
     let mut reports = Vec::new();
     for scenario in &scenarios {
         let report = run_scenario(args, root, &operator, scenario, teardown).await;

@@ -394,13 +394,36 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts `binary run` against the cluster and waits until it says it started.
+    /// Starts `binary run` against the cluster, waits until it says it started, then gives
+    /// its watches a moment to list.
     pub async fn start(binary: &Path, cluster: &Cluster, log_file: &Path) -> Result<Self> {
+        // A fresh log: the report counts its lines.
         if let Some(parent) = log_file.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let file = std::fs::File::create(log_file)
+        std::fs::File::create(log_file)
             .with_context(|| format!("create {}", log_file.display()))?;
+        let operator = Self::spawn(binary, cluster, log_file).await?;
+        // Its watches list (empty) collections right after; give them a moment.
+        sleep(Duration::from_secs(2)).await;
+        Ok(operator)
+    }
+
+    /// Starts `binary run` against the cluster, its output appended to `log_file`, and waits
+    /// only until it says it started: the chaos loop restarts it in the middle of a recovery.
+    pub async fn spawn(binary: &Path, cluster: &Cluster, log_file: &Path) -> Result<Self> {
+        if let Some(parent) = log_file.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_file)
+            .with_context(|| format!("open {}", log_file.display()))?;
+        let started_lines = std::fs::read_to_string(log_file)
+            .unwrap_or_default()
+            .matches("resurgo operator started")
+            .count();
         // Debug level for resurgo: one "reconciled" line per reconcile, which the report counts.
         let child = Command::new(binary)
             .arg("run")
@@ -426,7 +449,7 @@ impl Operator {
                 );
             }
             let text = std::fs::read_to_string(log_file).unwrap_or_default();
-            if text.contains("resurgo operator started") {
+            if text.matches("resurgo operator started").count() > started_lines {
                 break;
             }
             if Instant::now() > deadline {
@@ -437,9 +460,13 @@ impl Operator {
             }
             sleep(Duration::from_millis(100)).await;
         }
-        // Its watches list (empty) collections right after; give them a moment.
-        sleep(Duration::from_secs(2)).await;
         Ok(operator)
+    }
+
+    /// SIGKILL: no graceful shutdown, no last status write.
+    pub async fn kill9(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
     }
 
     pub fn alive(&mut self) -> bool {
