@@ -57,9 +57,6 @@ enum Proof {
     NotStored,
     /// The plan created no namespace and no object labelled with its name.
     NothingOfThePlan,
-    /// The plan created none of the service's own objects (workload, Jobs, Secrets); only
-    /// the hardened, empty namespace it prepares before it reads the workload's source.
-    NoWorkloadOfThePlan,
     /// The backup wrote nothing: no location, items or manifest, and no file in the store.
     NoBackupData,
     /// The schedule planned no run and created no Backup.
@@ -295,9 +292,11 @@ fn catalogue(n: &Names) -> Vec<Case> {
         ),
         stalled(
             "ServiceFailed",
-            format!("records: identity Secret default/{name}-absent not found"),
+            format!(
+                "records: spec.services[0].workload.fromBackup: identity Secret default/{name}-absent not found"
+            ),
         ),
-        Proof::NoWorkloadOfThePlan,
+        Proof::NothingOfThePlan,
     );
     add(
         "a workload read from a ConfigMap that does not exist",
@@ -311,9 +310,11 @@ fn catalogue(n: &Names) -> Vec<Case> {
         ),
         stalled(
             "ServiceFailed",
-            format!("records: ConfigMap default/{name}-absent not found"),
+            format!(
+                "records: spec.services[0].workload.configMapRef: ConfigMap default/{name}-absent not found"
+            ),
         ),
-        Proof::NoWorkloadOfThePlan,
+        Proof::NothingOfThePlan,
     );
     add(
         "a service that depends on itself",
@@ -807,28 +808,6 @@ async fn disproof(client: &Client, case: &Case, n: &Names, before: &Before) -> V
                 let namespace = service["namespace"].as_str().unwrap();
                 if namespaces.get_opt(namespace).await.unwrap().is_some() {
                     wrong.push(format!("namespace {namespace} exists"));
-                }
-            }
-        }
-        Proof::NoWorkloadOfThePlan => {
-            let labelled = format!("resurgo.dev/plan={name}");
-            let kinds = [
-                ApiResource::erase::<Deployment>(&()),
-                ApiResource::erase::<Job>(&()),
-                ApiResource::erase::<ConfigMap>(&()),
-                ApiResource::erase::<Secret>(&()),
-            ];
-            for resource in kinds {
-                let found = Api::<DynamicObject>::all_with(client.clone(), &resource)
-                    .list(&ListParams::default().labels(&labelled))
-                    .await
-                    .unwrap();
-                for object in found.items {
-                    wrong.push(format!(
-                        "{} {} was created",
-                        resource.kind,
-                        object.name_any()
-                    ));
                 }
             }
         }

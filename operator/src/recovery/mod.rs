@@ -450,8 +450,12 @@ async fn reconcile(meta: Arc<PlanMeta>, ctx: Arc<Context>) -> Result<Action, Err
                 let ctx = &ctx;
                 let plan = &plan;
                 async move {
-                    let result = match start(ctx, plan, service, &mut record, now).await {
-                        Ok(()) => advance(ctx, plan, service, &mut record, now).await,
+                    let result = match ready_to_start(ctx, plan, service, &mut record).await {
+                        Ok(true) => match start(ctx, plan, service, &mut record, now).await {
+                            Ok(()) => advance(ctx, plan, service, &mut record, now).await,
+                            Err(error) => Err(error),
+                        },
+                        Ok(false) => Ok(()),
                         Err(error) => Err(error),
                     };
                     (record, result)
@@ -630,6 +634,28 @@ fn spec_of<'a>(plan: &'a RecoveryPlan, service: &str) -> &'a Service {
         .iter()
         .find(|s| s.name == service)
         .expect("the planner only names services of the plan")
+}
+
+/// Whether the service's workload can be had; if not, the service fails before anything of
+/// it (namespace, policies, credentials) is made.
+async fn ready_to_start(
+    ctx: &Context,
+    plan: &RecoveryPlan,
+    service: &Service,
+    record: &mut ServiceStatus,
+) -> Result<bool, Error> {
+    if service.action != ServiceAction::Rebuild {
+        return Ok(true);
+    }
+    Ok(match manifests(ctx, plan, service).await? {
+        Ok(_) => true,
+        Err(message) => {
+            record.phase = ServicePhase::Failed;
+            record.attempts += 1;
+            record.message = Some(message);
+            false
+        }
+    })
 }
 
 /// Prepares the ground for a service that may start: its hardened namespace, the network
@@ -898,8 +924,37 @@ async fn run_job(
 }
 
 /// The manifests of a service's workload, or why they cannot be had (a plan problem the
-/// status reports, not an error to retry).
+/// status reports, not an error to retry), naming the field that points at the source.
 async fn manifests(
+    ctx: &Context,
+    plan: &RecoveryPlan,
+    service: &Service,
+) -> Result<Result<Vec<Value>, String>, Error> {
+    Ok(read_manifests(ctx, plan, service)
+        .await?
+        .map_err(|message| {
+            let index = plan
+                .spec
+                .services
+                .iter()
+                .position(|s| s.name == service.name)
+                .unwrap_or_default();
+            let field = service.workload.as_ref().map_or("", |w| {
+                if w.from_backup.is_some() {
+                    ".fromBackup"
+                } else if w.config_map_ref.is_some() {
+                    ".configMapRef"
+                } else if w.secret_ref.is_some() {
+                    ".secretRef"
+                } else {
+                    ".manifests"
+                }
+            });
+            format!("spec.services[{index}].workload{field}: {message}")
+        }))
+}
+
+async fn read_manifests(
     ctx: &Context,
     plan: &RecoveryPlan,
     service: &Service,
