@@ -135,6 +135,11 @@ struct Created {
 }
 
 impl Created {
+    /// Whether the caches hold objects of this kind.
+    fn holds(kind: &str) -> bool {
+        matches!(kind, "Deployment" | "StatefulSet" | "DaemonSet")
+    }
+
     /// The object as a JSON value; `None` when the cache does not have it or does not hold
     /// its kind.
     fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {

@@ -48,7 +48,10 @@ pub(super) async fn apply(
         Ok(resolved) => resolved,
         Err(message) => return Ok(Readiness::Failed(message)),
     };
-    let mut current = existing(ctx, &apis, plan, &service.name, &wanted).await?;
+    // A workload the caches miss is simply created: one that exists after all (made a
+    // moment ago, not seen yet) answers AlreadyExists and is applied over, which costs less
+    // than a list before every start.
+    let mut current = existing(ctx, &apis, plan, &service.name, &wanted, false).await?;
 
     let mut ranks: BTreeMap<u8, Vec<&Wanted>> = BTreeMap::new();
     for item in wanted
@@ -110,7 +113,7 @@ pub(super) async fn present(
         // A manifest the cluster cannot take was reported when the service was applied.
         Err(_) => return Ok(true),
     };
-    let current = existing(ctx, &apis, plan, &service.name, &wanted).await?;
+    let current = existing(ctx, &apis, plan, &service.name, &wanted, true).await?;
     Ok(wanted
         .iter()
         .all(|w| current.contains_key(&(w.key.clone(), w.name.clone()))))
@@ -157,8 +160,9 @@ async fn resolve(
 /// The service's objects that exist, by (kind key, name): whole for kinds with a status,
 /// else just their kind and name.
 ///
-/// The workload caches answer first. What they do not hold is listed by the service's
-/// labels, one list per kind: from the API server's watch cache for kinds without a status
+/// The workload caches answer first; their misses are confirmed with a list when
+/// `confirm_misses`. What they do not hold is listed by the service's labels, one list per
+/// kind: from the API server's watch cache for kinds without a status
 /// (a stale answer only costs a create refused as existing), consistently for the others,
 /// whose readiness must not be read from the past.
 async fn existing(
@@ -167,6 +171,7 @@ async fn existing(
     plan: &str,
     service: &str,
     wanted: &[Wanted],
+    confirm_misses: bool,
 ) -> Result<BTreeMap<(String, String), Value>, Error> {
     let mut found = BTreeMap::new();
     let mut to_list: BTreeSet<(&str, &str)> = BTreeSet::new();
@@ -179,9 +184,10 @@ async fn existing(
             Some(object) => {
                 found.insert((item.key.clone(), item.name.clone()), object);
             }
-            None => {
+            None if confirm_misses || !super::Created::holds(kind) => {
                 to_list.insert((item.key.as_str(), kind));
             }
+            None => {}
         }
     }
     let selector = format!(
