@@ -162,9 +162,9 @@ async fn resolve(
 ///
 /// The workload caches answer first; their misses are confirmed with a list when
 /// `confirm_misses`. What they do not hold is listed by the service's labels, one list per
-/// kind: from the API server's watch cache for kinds without a status
-/// (a stale answer only costs a create refused as existing), consistently for the others,
-/// whose readiness must not be read from the past.
+/// kind: for a start, from the API server's watch cache for kinds without a status (a stale
+/// answer only costs a create refused as existing); else consistently, since readiness must
+/// not be read from the past nor a ready service's objects be missed.
 async fn existing(
     ctx: &Context,
     apis: &BTreeMap<String, Api<DynamicObject>>,
@@ -210,8 +210,15 @@ async fn existing(
                 found.insert((key.to_owned(), name), value);
             }
         } else {
+            // Only a start may take the watch cache's word: a ready service checked
+            // against a cache that has not seen its objects yet would be rebuilt.
+            let params = if confirm_misses {
+                params.clone()
+            } else {
+                params.clone().match_any()
+            };
             let list = api
-                .list_metadata(&params.clone().match_any())
+                .list_metadata(&params)
                 .await
                 .map_err(kube_error("list", what))?;
             for object in list {
