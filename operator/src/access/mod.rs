@@ -60,7 +60,7 @@ use kube::{
     api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions},
     runtime::{
         controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
+        events::{Event, EventType},
         finalizer::{self, finalizer},
         reflector::{ObjectRef, Store},
         watcher,
@@ -123,7 +123,7 @@ fn kube_error(
 /// What every reconcile shares.
 pub struct Context {
     client: Client,
-    recorder: Recorder,
+    recorder: crate::events::Recorder,
     /// Where suspended bindings are saved.
     namespace: String,
 }
@@ -133,13 +133,10 @@ pub async fn run(shared: Shared) {
     let client = shared.client.clone();
     shared.kind_listed(Api::<AccessPolicy>::all(client.clone()));
     let metrics = shared.metrics.clone();
-    let reporter = Reporter {
-        controller: "resurgo".into(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
+    let reporter = crate::events::reporter();
     let context = Arc::new(Context {
         client: client.clone(),
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: crate::events::Recorder::new(client.clone(), reporter),
         namespace: operator_namespace(),
     });
     let controller = shared.controller(Api::<AccessPolicy>::all(client.clone()));
@@ -1145,8 +1142,7 @@ async fn write_status(ctx: &Context, name: &str, status: &AccessPolicyStatus) ->
 }
 
 /// Publishes an Event about the policy. `related` names the binding or NetworkPolicy it is
-/// about: Events of the same reason about different objects stay apart (the recorder folds
-/// Events with the same reason and related object into one series).
+/// about.
 async fn publish(
     ctx: &Context,
     policy: &AccessPolicy,

@@ -65,10 +65,7 @@ pub mod store;
 pub mod verify;
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp};
-use kube::{
-    Client,
-    runtime::events::{Recorder, Reporter},
-};
+use kube::Client;
 
 /// Label on the Backups a schedule creates: the schedule's name.
 pub const SCHEDULE_LABEL: &str = "resurgo.dev/schedule";
@@ -105,14 +102,8 @@ pub(crate) fn kube_error(
     }
 }
 
-pub(crate) fn recorder(client: &Client) -> Recorder {
-    Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "resurgo".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        },
-    )
+pub(crate) fn recorder(client: &Client) -> crate::events::Recorder {
+    crate::events::Recorder::new(client.clone(), crate::events::reporter())
 }
 
 /// Conditions with their transition time kept when the status did not change.

@@ -16,7 +16,7 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::{
         controller::Action,
-        events::{Event, EventType, Recorder},
+        events::{Event, EventType},
     },
 };
 use serde_json::json;
@@ -33,7 +33,7 @@ use crate::{
 
 pub struct Context {
     client: Client,
-    recorder: Recorder,
+    recorder: crate::events::Recorder,
     /// Backups this process finished, by uid: the watch cache may still show them Running.
     finished: Mutex<BTreeMap<String, BackupPhase>>,
 }

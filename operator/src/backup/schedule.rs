@@ -27,7 +27,7 @@ use kube::{
     discovery,
     runtime::{
         controller::Action,
-        events::{Event, EventType, Recorder},
+        events::{Event, EventType},
         reflector::ObjectRef,
         watcher,
     },
@@ -51,7 +51,7 @@ use crate::{
 
 pub struct Context {
     client: Client,
-    recorder: Recorder,
+    recorder: crate::events::Recorder,
     /// The status this process last wrote per schedule uid (the watch cache may lag).
     written: Mutex<BTreeMap<String, BackupScheduleStatus>>,
 }

@@ -33,7 +33,7 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
     runtime::{
         controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
+        events::{Event, EventType},
         reflector::{ObjectRef, Store},
         watcher,
     },
@@ -98,7 +98,7 @@ fn kube_error(
 /// What every reconcile shares.
 pub struct Context {
     client: Client,
-    recorder: Recorder,
+    recorder: crate::events::Recorder,
     metrics: Arc<Metrics>,
     /// The last status written per incident, with its uid: the watch cache can lag behind
     /// it, and a step must not start twice.
@@ -125,13 +125,10 @@ pub fn is_open_real(incident: &Incident) -> bool {
 /// Runs the controller until `shutdown` completes.
 pub async fn run(shared: Shared) {
     let client = shared.client.clone();
-    let reporter = Reporter {
-        controller: "resurgo".into(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
+    let reporter = crate::events::reporter();
     let context = Arc::new(Context {
         client: client.clone(),
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: crate::events::Recorder::new(client.clone(), reporter),
         metrics: shared.metrics.clone(),
         written: Mutex::default(),
     });

@@ -41,7 +41,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::{self, Action},
-        events::{Event, EventType, Reporter},
+        events::{Event, EventType},
         predicates,
         reflector::{self, ObjectRef, Store},
         watcher,
@@ -239,10 +239,7 @@ const KIND: &str = "RecoveryPlan";
 /// Runs the controller until the operator stops.
 pub async fn run(shared: Shared) {
     let client = shared.client.clone();
-    let reporter = Reporter {
-        controller: "resurgo".into(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
+    let reporter = crate::events::reporter();
     let (deployments, deployment_changes) = reflected::<Deployment>(&client);
     let (stateful_sets, stateful_set_changes) = reflected::<StatefulSet>(&client);
     let (daemon_sets, daemon_set_changes) = reflected::<DaemonSet>(&client);

@@ -21,15 +21,11 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::{
-    api::{core::v1::ObjectReference, events::v1::Event as K8sEvent},
-    apimachinery::pkg::apis::meta::v1::MicroTime,
-    jiff::Timestamp,
-};
+use k8s_openapi::api::{core::v1::ObjectReference, events::v1::Event as K8sEvent};
 use kube::{
     Api, Client,
-    api::{ObjectMeta, Patch, PatchParams, PostParams},
-    runtime::events::{Event, EventType, Reporter},
+    api::{Patch, PatchParams, PostParams},
+    runtime::events::{Event, Reporter},
 };
 use serde_json::json;
 use tokio::sync::Notify;
@@ -140,7 +136,7 @@ impl Outbox {
                     .into_iter()
                     .map(|(event, about)| {
                         sequence += 1;
-                        event_object(&reporter, &event, about, sequence)
+                        crate::events::event_object(&reporter, &event, about, sequence)
                     })
                     .collect();
                 futures::stream::iter(events)
@@ -197,53 +193,6 @@ impl Outbox {
                 }
             }
         }
-    }
-}
-
-/// One Event object per transition. kube-rs's `Recorder` would fold every Event of the
-/// same reason on a plan into one series, keeping the first note only: a thousand
-/// `ServiceStarted` would show as one, naming one service.
-fn event_object(
-    reporter: &Reporter,
-    event: &Event,
-    about: ObjectReference,
-    sequence: u64,
-) -> K8sEvent {
-    let now = Timestamp::now();
-    // Events of cluster-scoped objects live in `default`.
-    let namespace = about.namespace.clone().unwrap_or_else(|| "default".into());
-    let name = format!(
-        "{}.{:x}.{sequence:x}",
-        about.name.as_deref().unwrap_or(&reporter.controller),
-        now.as_nanosecond()
-    );
-    K8sEvent {
-        metadata: ObjectMeta {
-            name: Some(name),
-            namespace: Some(namespace),
-            ..Default::default()
-        },
-        action: Some(event.action.clone()),
-        reason: Some(event.reason.clone()),
-        note: event.note.clone(),
-        event_time: Some(MicroTime(now)),
-        regarding: Some(about),
-        related: event.secondary.clone(),
-        reporting_controller: Some(reporter.controller.clone()),
-        reporting_instance: Some(
-            reporter
-                .instance
-                .clone()
-                .unwrap_or_else(|| reporter.controller.clone()),
-        ),
-        type_: Some(
-            match event.type_ {
-                EventType::Normal => "Normal",
-                EventType::Warning => "Warning",
-            }
-            .into(),
-        ),
-        ..Default::default()
     }
 }
 
