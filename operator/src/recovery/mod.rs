@@ -230,7 +230,11 @@ where
     .modify(Slim::slim)
     .reflect(writer)
     .touched_objects();
-    (reader, stream)
+    // On a task of its own: the store is then as fresh as the watch, whether or not the
+    // Controller (which runs its reconciles on the same task as its inputs) is busy.
+    let (sender, receiver) = futures::channel::mpsc::unbounded();
+    tokio::spawn(stream.map(Ok).forward(sender).map(drop));
+    (reader, receiver)
 }
 
 /// The kind this controller reconciles, as its metrics name it.
