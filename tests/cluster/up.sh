@@ -15,6 +15,7 @@
 # On any failure it prints the relevant log tail, stops what it started (keeping WORKDIR for
 # the logs) and exits non-zero. Tear down with: tests/cluster/down.sh WORKDIR
 #
+# Env: UP_PROFILING true serves kube-apiserver's /debug/pprof (for benchmarks; default false)
 # Env: UP_TIMEOUT  seconds allowed for each wait (default 120; apiserver start is ~5-20 s on 2 cores)
 set -euo pipefail
 
@@ -191,7 +192,7 @@ start kube-apiserver "$bin/kube-apiserver" \
   --service-cluster-ip-range=10.96.0.0/16 --endpoint-reconciler-type=none \
   --allow-privileged=true \
   --enable-priority-and-fairness=false --max-requests-inflight=0 --max-mutating-requests-inflight=0 \
-  --profiling=false
+  --profiling="${UP_PROFILING:-false}"
 wait_until "kube-apiserver /readyz" kube-apiserver "${kubectl[@]}" get --raw=/readyz
 
 # ---------------------------------------------------------------- kube-controller-manager

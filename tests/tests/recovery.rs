@@ -504,6 +504,48 @@ async fn a_deleted_workload_is_rebuilt_and_credentials_are_regenerated_not_resto
 
 #[tokio::test]
 #[ignore = "needs cluster: run tests/run.sh"]
+async fn a_deleted_object_of_any_kind_is_rebuilt_from_its_watch_event() {
+    install_crds().await;
+    let name = unique_name("lost-service");
+    let namespace = format!("{name}-lab");
+    let client = client().await;
+    // A Deployment and a Service: the Service is neither a workload with a status nor
+    // touched by anything else after the plan is ready, so only its own deletion can
+    // make the operator look again.
+    let mut lab = service("lab", "clinical", &namespace, &[], None);
+    lab["workload"]["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "lab"},
+            "spec": {"selector": {"app": "lab"}, "ports": [{"port": 80}]}
+        }));
+    apply(&plan(
+        &name,
+        json!({"tiers": [{"name": "clinical", "rto": "15m"}], "services": [lab]}),
+    ));
+    wait(&name, "Ready", "60s");
+
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(client.clone(), &namespace);
+    let first = services.get("lab").await.unwrap().uid().unwrap();
+    services
+        .delete("lab", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    let status = until(&name, "rebuilt after its Service was deleted", |status| {
+        status.services[0].attempts == 2 && status.services[0].phase == ServicePhase::Ready
+    })
+    .await;
+    assert_eq!(status.services[0].attempts, 2, "{status:?}");
+    let rebuilt = services.get("lab").await.unwrap().uid().unwrap();
+    assert_ne!(rebuilt, first, "a new Service, not the deleted one");
+    delete_plan(&name).await;
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
 async fn an_invalid_plan_is_stalled_and_creates_nothing() {
     install_crds().await;
     let name = unique_name("cycle");

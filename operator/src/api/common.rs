@@ -187,9 +187,13 @@ pub fn time_zone_schema(_: &mut SchemaGenerator) -> Schema {
 /// The API server checks each one's type meta and metadata; the rest is validated when the
 /// operator applies it, against that kind's own schema.
 pub fn embedded_objects_schema(_: &mut SchemaGenerator) -> Schema {
+    // Atomic: a manifest is one document, replaced whole. Tracked leaf by leaf, the
+    // manifests of a large plan made most of its managed fields, which the API server
+    // walks again on every status write.
     json_schema!({
         "type": "array",
         "maxItems": 100,
+        "x-kubernetes-list-type": "atomic",
         "items": {
             "type": "object",
             "x-kubernetes-embedded-resource": true,

@@ -337,12 +337,15 @@ pub struct RecoveryPlanStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rto: Option<RtoResult>,
     /// One entry per tier, in plan order.
+    // Atomic: the operator alone writes the status, always whole. Tracked entry by entry,
+    // the lists made the managed fields a third of a 1,000-service plan, and every status
+    // write merged them field by field.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
     pub tiers: Vec<TierStatus>,
     /// One entry per service, in recovery order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
     pub services: Vec<ServiceStatus>,
 }
 

@@ -1,34 +1,43 @@
 //! The RecoveryPlan controller: rebuilds a plan's services in priority order.
 //!
-//! Every reconcile reads the plan, asks the [`planner`](crate::planner) what the order is,
-//! advances each started service one step (restore its data, apply its workload, run its
-//! checks), starts what the planner says may start now, and writes the status once. It is
-//! driven by watches: the plan, and the Deployments, StatefulSets, DaemonSets and Jobs the
-//! operator created (found by their `resurgo.dev/plan` label), so a service starts the
-//! moment what it waits for is ready. The only timed requeue is a service's timeout.
+//! Every reconcile takes the plan and its order (planned once per generation), advances
+//! each started service one step (restore its data, apply its workload, run its checks),
+//! starts what the planner says may start now, prepares the namespaces of the services
+//! next in line, and hands the status to the [`outbox`]. It is driven by watches: the
+//! plan, and every object the operator created (found by its `resurgo.dev/plan` label),
+//! so a service starts the moment what it waits for is ready, and is rebuilt the moment
+//! one of its objects is deleted. The watches fill caches that a reconcile reads instead
+//! of the API server. The only timed requeue is a service's timeout.
 //!
 //! Created objects carry labels, not owner references: deleting a RecoveryPlan must never
 //! take the emergency services it rebuilt down with it.
 
+mod caches;
 pub(crate) mod desired;
 mod outbox;
+mod prepare;
 mod readiness;
 mod status;
 mod workload;
 
+use caches::{Created, reflected};
 use outbox::Outbox;
+use prepare::{Preparation, prepare, prepare_ahead};
 
 use status::Hold;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration as StdDuration};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+    time::Duration as StdDuration,
+};
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, Deployment, StatefulSet},
         batch::v1::Job,
-        core::v1::{ConfigMap, Namespace, Secret, ServiceAccount},
-        networking::v1::NetworkPolicy,
+        core::v1::{ConfigMap, Secret},
     },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
@@ -112,130 +121,32 @@ pub struct Context {
     /// checked against these on every reconcile, which would otherwise cost a read per
     /// object per ready service.
     created: Created,
+    /// What each ready service's workload is made of, per (plan, service), for the plan's
+    /// uid and generation it was read at (see [`workload_present`]).
+    identities: std::sync::Mutex<HashMap<(String, String), Identities>>,
     /// The restore point last reported per (plan, service) of a `fromBackup` workload.
     restore_points: Mutex<BTreeMap<(String, String), String>>,
     /// The plans this operator reconciles, metadata only, as the Controller's watch sees them.
     plans: Store<PlanMeta>,
-    /// Each plan whole, read when its generation changes (see [`current_plan`]).
-    specs: Mutex<BTreeMap<String, Arc<RecoveryPlan>>>,
+    /// Each plan whole, read when its generation changes, with its order (see
+    /// [`current_plan`]).
+    specs: Mutex<BTreeMap<String, Arc<Known>>>,
+}
+
+/// A plan at one generation and what the planner made of it: both change only with the
+/// spec, and planning 1,000 services on every reconcile would cost more than the rest of it.
+struct Known {
+    plan: RecoveryPlan,
+    order: Result<planner::RecoveryOrder, Vec<planner::PlanError>>,
+    /// The services whose namespace was prepared ahead of their turn (see [`prepare_ahead`]),
+    /// or is being prepared; for this generation, whose policies it applied.
+    prepared: std::sync::Mutex<HashMap<String, Preparation>>,
 }
 
 /// What the Controller watches of a plan: its metadata. A plan of 1,000 services is about
 /// 1 MB of JSON and 13 MB in memory, and every status write sends it back on a watch of
 /// whole plans; the spec is read only when the generation says it changed.
 type PlanMeta = PartialObjectMeta<RecoveryPlan>;
-
-/// The plans' workloads as their watches last saw them, slimmed (see [`slim`]): what a
-/// reconcile needs of them is whether they exist and how ready they are, and that it can
-/// read here instead of asking the API server once per service per reconcile.
-struct Created {
-    deployments: Store<Deployment>,
-    stateful_sets: Store<StatefulSet>,
-    daemon_sets: Store<DaemonSet>,
-}
-
-impl Created {
-    /// Whether the caches hold objects of this kind.
-    fn holds(kind: &str) -> bool {
-        matches!(kind, "Deployment" | "StatefulSet" | "DaemonSet")
-    }
-
-    /// The object as a JSON value; `None` when the cache does not have it or does not hold
-    /// its kind.
-    fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
-        fn find<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Value>
-        where
-            K: Resource<DynamicType = ()> + Clone + serde::Serialize,
-        {
-            let object = store.get(&ObjectRef::new(name).within(namespace))?;
-            serde_json::to_value(&*object).ok()
-        }
-        let mut object = match kind {
-            "Deployment" => find(&self.deployments, namespace, name),
-            "StatefulSet" => find(&self.stateful_sets, namespace, name),
-            "DaemonSet" => find(&self.daemon_sets, namespace, name),
-            _ => None,
-        }?;
-        object["kind"] = Value::String(kind.to_owned());
-        Some(object)
-    }
-}
-
-/// What a workload cache keeps of an object: its identity, generation, replica count and
-/// status, without managedFields, annotations or the pod template, which are most of its
-/// size (a whole Deployment is about 20 KB in memory).
-trait Slim {
-    fn slim(&mut self);
-}
-
-impl Slim for Deployment {
-    fn slim(&mut self) {
-        slim_metadata(&mut self.metadata);
-        if let Some(spec) = self.spec.as_mut() {
-            spec.template = Default::default();
-        }
-    }
-}
-
-impl Slim for StatefulSet {
-    fn slim(&mut self) {
-        slim_metadata(&mut self.metadata);
-        if let Some(spec) = self.spec.as_mut() {
-            spec.template = Default::default();
-            spec.volume_claim_templates = None;
-        }
-    }
-}
-
-impl Slim for DaemonSet {
-    fn slim(&mut self) {
-        slim_metadata(&mut self.metadata);
-        if let Some(spec) = self.spec.as_mut() {
-            spec.template = Default::default();
-        }
-    }
-}
-
-fn slim_metadata(metadata: &mut kube::api::ObjectMeta) {
-    metadata.managed_fields = None;
-    metadata.annotations = None;
-}
-
-/// A watch of `K` objects carrying the plan label, reflected into a store before each
-/// change reaches the controller: a reconcile woken by a change finds it in the store.
-fn reflected<K>(
-    client: &Client,
-) -> (
-    Store<K>,
-    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
-where
-    K: Resource<DynamicType = ()>
-        + Slim
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    // With backoff: a watch refused (403 under too narrow RBAC, an API server restarting)
-    // is retried with growing pauses, not in a tight loop that floods the log.
-    let stream = watcher(
-        Api::<K>::all(client.clone()),
-        watcher::Config::default().labels(labels::PLAN),
-    )
-    .backoff(TriggerBackoff::default())
-    .modify(Slim::slim)
-    .reflect(writer)
-    .touched_objects();
-    // On a task of its own: the store is then as fresh as the watch, whether or not the
-    // Controller (which runs its reconciles on the same task as its inputs) is busy.
-    let (sender, receiver) = futures::channel::mpsc::unbounded();
-    tokio::spawn(stream.map(Ok).forward(sender).map(drop));
-    (reader, receiver)
-}
 
 /// The kind this controller reconciles, as its metrics name it.
 const KIND: &str = "RecoveryPlan";
@@ -247,7 +158,9 @@ pub async fn run(shared: Shared) {
     let (deployments, deployment_changes) = reflected::<Deployment>(&client);
     let (stateful_sets, stateful_set_changes) = reflected::<StatefulSet>(&client);
     let (daemon_sets, daemon_set_changes) = reflected::<DaemonSet>(&client);
+    let (jobs, job_changes) = reflected::<Job>(&client);
     let (plans, plan_writer) = reflector::store::<PlanMeta>();
+    let (lost, lost_plans) = futures::channel::mpsc::unbounded();
     let context = Arc::new(Context {
         client: client.clone(),
         outbox: Outbox::start(client.clone(), reporter),
@@ -258,7 +171,12 @@ pub async fn run(shared: Shared) {
             deployments: deployments.clone(),
             stateful_sets: stateful_sets.clone(),
             daemon_sets: daemon_sets.clone(),
+            jobs: jobs.clone(),
+            others: Default::default(),
+            client: client.clone(),
+            lost,
         },
+        identities: Default::default(),
         restore_points: Mutex::default(),
         plans: plans.clone(),
         specs: Mutex::default(),
@@ -291,6 +209,7 @@ pub async fn run(shared: Shared) {
             deployments.wait_until_ready().await,
             stateful_sets.wait_until_ready().await,
             daemon_sets.wait_until_ready().await,
+            jobs.wait_until_ready().await,
         ] {
             if ready.is_err() {
                 warn!("a workload cache stopped before it was filled");
@@ -300,12 +219,12 @@ pub async fn run(shared: Shared) {
     .boxed()
     .shared();
     let stopping = shared.shutdown().boxed().shared();
-    let ours = watcher::Config::default().labels(labels::PLAN);
     let controller = controller
         .watches_stream(deployment_changes, plan_of)
         .watches_stream(stateful_set_changes, plan_of)
         .watches_stream(daemon_set_changes, plan_of)
-        .watches(Api::<Job>::all(client.clone()), ours, plan_of)
+        .reconcile_on(lost_plans)
+        .watches_stream(job_changes, plan_of)
         // An incident reaching its Recover step starts the plans it names (`trigger: Incident`).
         .watches(
             Api::<Incident>::all(client),
@@ -367,25 +286,26 @@ fn error_policy(plan: Arc<PlanMeta>, error: &Error, ctx: Arc<Context>) -> Action
 
 async fn reconcile(meta: Arc<PlanMeta>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciled(KIND);
-    let Some(plan) = current_plan(&ctx, &meta).await? else {
+    let Some(known) = current_plan(&ctx, &meta).await? else {
         return Ok(Action::await_change());
     };
+    let plan = &known.plan;
     let now = Timestamp::now();
-    let previous = last_status(&ctx, &plan).await;
+    let previous = last_status(&ctx, plan).await;
 
-    let order = match planner::plan(&plan.spec) {
+    let order = match &known.order {
         Ok(order) => order,
         Err(errors) => {
             // An invalid plan creates nothing: the order it would follow is unknown.
-            let status = status::invalid(&plan, &previous, &errors, now);
+            let status = status::invalid(plan, &previous, errors, now);
             if status != previous {
                 let message = errors
                     .iter()
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join("; ");
-                publish(&ctx, &plan, EventType::Warning, "InvalidPlan", message);
-                write_status(&ctx, &plan, &status).await;
+                publish(&ctx, plan, EventType::Warning, "InvalidPlan", message);
+                write_status(&ctx, plan, &status).await;
             }
             return Ok(Action::await_change());
         }
@@ -396,7 +316,7 @@ async fn reconcile(meta: Arc<PlanMeta>, ctx: Arc<Context>) -> Result<Action, Err
     // Services are independent of each other within a reconcile, so their steps run side
     // by side: at a tier boundary hundreds start at once.
     let mut first_error: Option<Error> = None;
-    let mut services = known_services(&plan, &previous);
+    let mut services = known_services(plan, &previous);
     let started: Vec<(&Service, ServiceStatus)> = plan
         .spec
         .services
@@ -408,7 +328,6 @@ async fn reconcile(meta: Arc<PlanMeta>, ctx: Arc<Context>) -> Result<Action, Err
         .into_iter()
         .map(|(service, mut record)| {
             let ctx = &ctx;
-            let plan = &plan;
             async move {
                 let result = advance(ctx, plan, service, &mut record, now).await;
                 (record, result)
@@ -434,7 +353,7 @@ async fn reconcile(meta: Arc<PlanMeta>, ctx: Arc<Context>) -> Result<Action, Err
         .count();
     let room =
         (plan.spec.max_parallel.unwrap_or(DEFAULT_MAX_PARALLEL) as usize).saturating_sub(running);
-    let hold = hold(&ctx, &plan, &services).await?;
+    let hold = hold(&ctx, plan, &services).await?;
     if let Some(hold) = hold {
         for service_name in &steps.start {
             let record = services
@@ -444,20 +363,29 @@ async fn reconcile(meta: Arc<PlanMeta>, ctx: Arc<Context>) -> Result<Action, Err
         }
     } else {
         // In the planner's order (longest chain first): `buffered` starts them in that order.
+        let specs: HashMap<&str, &Service> = plan
+            .spec
+            .services
+            .iter()
+            .map(|service| (service.name.as_str(), service))
+            .collect();
         let starting: Vec<(&Service, ServiceStatus)> = steps
             .start
             .iter()
             .take(room)
-            .map(|name| (spec_of(&plan, name), services[name].clone()))
+            .map(|name| {
+                let service = specs[name.as_str()];
+                (service, services[name].clone())
+            })
             .collect();
         let starting: Vec<_> = starting
             .into_iter()
             .map(|(service, mut record)| {
                 let ctx = &ctx;
-                let plan = &plan;
+                let known = &known;
                 async move {
                     let result = match ready_to_start(ctx, plan, service, &mut record).await {
-                        Ok(true) => match start(ctx, plan, service, &mut record, now).await {
+                        Ok(true) => match start(ctx, known, service, &mut record, now).await {
                             Ok(()) => advance(ctx, plan, service, &mut record, now).await,
                             Err(error) => Err(error),
                         },
@@ -499,37 +427,41 @@ async fn reconcile(meta: Arc<PlanMeta>, ctx: Arc<Context>) -> Result<Action, Err
             format!("waits for {}", record.blocked_on.join(", "))
         });
     }
+    if hold.is_none() {
+        prepare_ahead(&ctx, &known, &steps, &services);
+    }
+    let blocked: HashSet<&str> = steps.blocked.iter().map(|b| b.service.as_str()).collect();
     for not_blocked in services.values_mut() {
-        if !steps.blocked.iter().any(|b| b.service == not_blocked.name) {
+        if !blocked.contains(not_blocked.name.as_str()) {
             not_blocked.blocked_on.clear();
         }
     }
 
-    let status = status::compute(&plan, &order, &services, &previous, hold, now);
-    ctx.metrics.recovery_progress(&plan, &status);
-    announce(&ctx, &plan, &previous, &status);
+    let status = status::compute(plan, order, &services, &previous, hold, now);
+    ctx.metrics.recovery_progress(plan, &status);
+    announce(&ctx, plan, &previous, &status);
     if status != previous {
-        write_status(&ctx, &plan, &status).await;
+        write_status(&ctx, plan, &status).await;
     }
     if let Some(error) = first_error {
         return Err(error);
     }
-    Ok(next_deadline(&plan, &services, now).map_or_else(Action::await_change, Action::requeue))
+    Ok(next_deadline(plan, &services, now).map_or_else(Action::await_change, Action::requeue))
 }
 
 /// The whole plan at (at least) the generation the watch saw, read from the API server
 /// when the one kept is older or of an earlier plan of the same name; `None` once deleted.
 /// Plans no longer watched are forgotten here.
-async fn current_plan(ctx: &Context, meta: &PlanMeta) -> Result<Option<Arc<RecoveryPlan>>, Error> {
+async fn current_plan(ctx: &Context, meta: &PlanMeta) -> Result<Option<Arc<Known>>, Error> {
     let name = meta.name_any();
     {
         let mut specs = ctx.specs.lock().await;
         specs.retain(|name, _| ctx.plans.get(&ObjectRef::new(name)).is_some());
-        if let Some(plan) = specs.get(&name)
-            && plan.uid() == meta.uid()
-            && plan.metadata.generation >= meta.metadata.generation
+        if let Some(known) = specs.get(&name)
+            && known.plan.uid() == meta.uid()
+            && known.plan.metadata.generation >= meta.metadata.generation
         {
-            return Ok(Some(plan.clone()));
+            return Ok(Some(known.clone()));
         }
     }
     let found = Api::<RecoveryPlan>::all(ctx.client.clone())
@@ -542,9 +474,14 @@ async fn current_plan(ctx: &Context, meta: &PlanMeta) -> Result<Option<Arc<Recov
         return Ok(None);
     };
     plan.metadata.managed_fields = None;
-    let plan = Arc::new(plan);
-    specs.insert(name, plan.clone());
-    Ok(Some(plan))
+    let order = planner::plan(&plan.spec);
+    let known = Arc::new(Known {
+        plan,
+        order,
+        prepared: Default::default(),
+    });
+    specs.insert(name, known.clone());
+    Ok(Some(known))
 }
 
 /// Why nothing may start now, if so: the plan is paused, or it waits for an incident.
@@ -580,15 +517,14 @@ fn known_services(
     previous: &RecoveryPlanStatus,
 ) -> BTreeMap<String, ServiceStatus> {
     let retry_failed = previous.observed_generation != plan.metadata.generation;
+    let before = by_name(&previous.services);
     plan.spec
         .services
         .iter()
         .map(|service| {
-            let mut record = previous
-                .services
-                .iter()
-                .find(|s| s.name == service.name)
-                .cloned()
+            let mut record = before
+                .get(service.name.as_str())
+                .map(|record| (*record).clone())
                 .unwrap_or_else(|| ServiceStatus {
                     name: service.name.clone(),
                     tier: service.tier.clone(),
@@ -634,12 +570,10 @@ fn progress(services: &BTreeMap<String, ServiceStatus>) -> BTreeMap<String, Serv
         .collect()
 }
 
-fn spec_of<'a>(plan: &'a RecoveryPlan, service: &str) -> &'a Service {
-    plan.spec
-        .services
-        .iter()
-        .find(|s| s.name == service)
-        .expect("the planner only names services of the plan")
+/// The services of a status by name: status lists are walked once per reconcile, not once
+/// per service.
+fn by_name(services: &[ServiceStatus]) -> HashMap<&str, &ServiceStatus> {
+    services.iter().map(|s| (s.name.as_str(), s)).collect()
 }
 
 /// Whether the service's workload can be had; if not, the service fails before anything of
@@ -665,91 +599,40 @@ async fn ready_to_start(
 }
 
 /// Prepares the ground for a service that may start: its hardened namespace, the network
-/// policies of that namespace, and fresh credentials.
+/// policies of that namespace (unless made ahead, see [`prepare_ahead`]), and fresh
+/// credentials.
 async fn start(
     ctx: &Context,
-    plan: &RecoveryPlan,
+    known: &Known,
     service: &Service,
     record: &mut ServiceStatus,
     now: Timestamp,
 ) -> Result<(), Error> {
+    let plan = &known.plan;
     let plan_name = plan.name_any();
-    let namespace = &service.namespace;
     info!(plan = %plan_name, service = %service.name, "starting");
 
-    let apply = PatchParams::apply(FIELD_MANAGER).force();
-    if service.action == ServiceAction::Rebuild {
-        let ns = desired::namespace(namespace, &plan_name);
-        Api::<Namespace>::all(ctx.client.clone())
-            .patch(namespace, &apply, &Patch::Apply(&ns))
-            .await
-            .map_err(kube_error("apply", format!("Namespace {namespace}")))?;
-        // Pods are refused until the namespace's `default` ServiceAccount exists, and the
-        // Job and ReplicaSet controllers then back off for many seconds. Creating it here
-        // (the ServiceAccount controller would, a moment later) removes that wait.
-        let default_account = ServiceAccount {
-            metadata: kube::api::ObjectMeta {
-                name: Some("default".into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        match Api::<ServiceAccount>::namespaced(ctx.client.clone(), namespace)
-            .create(&PostParams::default(), &default_account)
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.is_already_exists() => {}
-            Err(error) => {
-                return Err(kube_error(
-                    "create",
-                    format!("ServiceAccount {namespace}/default"),
-                )(error));
-            }
-        }
-        let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), namespace);
-        for policy in desired::network_policies(&plan.spec, &plan_name, namespace) {
-            let policy_name = policy.name_any();
-            policies
-                .patch(&policy_name, &apply, &Patch::Apply(&policy))
-                .await
-                .map_err(kube_error(
-                    "apply",
-                    format!("NetworkPolicy {namespace}/{policy_name}"),
-                ))?;
-        }
-    }
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    for wanted in &service.regenerate_secrets {
-        let existing = secrets.get_opt(&wanted.name).await.map_err(kube_error(
-            "read",
-            format!("Secret {namespace}/{}", wanted.name),
-        ))?;
-        // Ours from an earlier attempt: the workload may already use it, keep it. Anything
-        // else (restored, planted, left over) is replaced with fresh values.
-        if existing.is_some_and(|s| s.labels().get(labels::PLAN) == Some(&plan_name)) {
-            continue;
-        }
-        let secret =
-            desired::regenerated_secret(wanted, namespace, &plan_name, &service.name, fill_random);
-        secrets
-            .patch(&wanted.name, &apply, &Patch::Apply(&secret))
-            .await
-            .map_err(kube_error(
-                "apply",
-                format!("Secret {namespace}/{}", wanted.name),
-            ))?;
-        publish(
-            ctx,
-            plan,
-            EventType::Normal,
-            "SecretRegenerated",
-            format!(
-                "{namespace}/{}: fresh values for {} keys",
-                wanted.name,
-                wanted.keys.len()
-            ),
-        );
+    // Prepared ahead of its turn, the first time only: a rebuild after a loss prepares
+    // again, since the namespace may be what was lost.
+    let prepared = record.attempts == 0
+        && known
+            .prepared
+            .lock()
+            .expect("never poisoned")
+            .get(&service.name)
+            == Some(&Preparation::Done);
+    let credentials = service
+        .regenerate_secrets
+        .iter()
+        .map(|wanted| regenerate(ctx, plan, service, wanted));
+    if service.action == ServiceAction::Rebuild && !prepared {
+        futures::future::try_join(
+            prepare(ctx, plan, service),
+            futures::future::try_join_all(credentials),
+        )
+        .await?;
+    } else {
+        futures::future::try_join_all(credentials).await?;
     }
     record.started = Some(Time(now));
     record.ready = None;
@@ -757,6 +640,53 @@ async fn start(
     record.blocked_on.clear();
     record.phase = ServicePhase::Deploying;
     record.message = Some("starting".into());
+    Ok(())
+}
+
+/// Gives a Secret the service lists in `regenerateSecrets` fresh random values, unless this
+/// plan made it already.
+async fn regenerate(
+    ctx: &Context,
+    plan: &RecoveryPlan,
+    service: &Service,
+    wanted: &crate::api::recovery_plan::RegeneratedSecret,
+) -> Result<(), Error> {
+    let plan_name = plan.name_any();
+    let namespace = &service.namespace;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let existing = secrets.get_opt(&wanted.name).await.map_err(kube_error(
+        "read",
+        format!("Secret {namespace}/{}", wanted.name),
+    ))?;
+    // Ours from an earlier attempt: the workload may already use it, keep it. Anything
+    // else (restored, planted, left over) is replaced with fresh values.
+    if existing.is_some_and(|s| s.labels().get(labels::PLAN) == Some(&plan_name)) {
+        return Ok(());
+    }
+    let secret =
+        desired::regenerated_secret(wanted, namespace, &plan_name, &service.name, fill_random);
+    secrets
+        .patch(
+            &wanted.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .map_err(kube_error(
+            "apply",
+            format!("Secret {namespace}/{}", wanted.name),
+        ))?;
+    publish(
+        ctx,
+        plan,
+        EventType::Normal,
+        "SecretRegenerated",
+        format!(
+            "{namespace}/{}: fresh values for {} keys",
+            wanted.name,
+            wanted.keys.len()
+        ),
+    );
     Ok(())
 }
 
@@ -892,14 +822,10 @@ async fn run_job(
 ) -> Result<readiness::Readiness, Error> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
     let name = desired::job_name(service, &template.name);
-    if let Some(job) = jobs
-        .get_opt(&name)
-        .await
-        .map_err(kube_error("read", format!("Job {namespace}/{name}")))?
-    {
-        return Ok(readiness::of(
-            &serde_json::to_value(job).unwrap_or_default(),
-        ));
+    // From the cache, which the Job's watch fills before it wakes the reconcile; a Job it
+    // has not seen yet is refused as existing below, and then read.
+    if let Some(job) = ctx.created.get("Job", namespace, &name) {
+        return Ok(readiness::of(&job));
     }
     let job = match desired::job(template, namespace, plan, service, part) {
         Ok(job) => job,
@@ -914,6 +840,15 @@ async fn run_job(
         Ok(_) => Ok(readiness::Readiness::Progressing(format!(
             "Job {name} created"
         ))),
+        Err(kube::Error::Api(status)) if status.is_already_exists() => {
+            let job = jobs
+                .get(&name)
+                .await
+                .map_err(kube_error("read", format!("Job {namespace}/{name}")))?;
+            Ok(readiness::of(
+                &serde_json::to_value(job).unwrap_or_default(),
+            ))
+        }
         // The API server checks the JobSpec: a rejection is the plan's fault, not a retry.
         Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => Ok(
             readiness::Readiness::Failed(format!("Job {name} was rejected: {}", status.message)),
@@ -1052,17 +987,50 @@ async fn read_manifests(
     Ok(Ok(out))
 }
 
+/// A service's workload objects, with the plan uid and generation they were read at.
+type Identities = (Option<String>, Option<i64>, Arc<Vec<workload::Identity>>);
+
 /// Whether every object of a ready service's workload still exists.
+///
+/// What the workload is made of is read once per plan generation: reading it again (from a
+/// ConfigMap, a backup, or a copy of the inline manifests) for every ready service on every
+/// reconcile would cost more than the whole rest of a reconcile at 1,000 services.
 async fn workload_present(
     ctx: &Context,
     plan: &RecoveryPlan,
     service: &Service,
 ) -> Result<bool, Error> {
-    match manifests(ctx, plan, service).await? {
-        Ok(manifests) => workload::present(ctx, &plan.name_any(), service, &manifests).await,
-        // Nothing to compare with: not a reason to rebuild.
-        Err(_) => Ok(true),
-    }
+    let key = (plan.name_any(), service.name.clone());
+    let (uid, generation) = (plan.uid(), plan.metadata.generation);
+    let known = ctx
+        .identities
+        .lock()
+        .expect("never poisoned")
+        .get(&key)
+        .filter(|(u, g, _)| *u == uid && *g == generation)
+        .map(|(_, _, identities)| identities.clone());
+    let identities = match known {
+        Some(identities) => identities,
+        None => {
+            let manifests = match manifests(ctx, plan, service).await? {
+                Ok(manifests) => manifests,
+                // Nothing to compare with: not a reason to rebuild.
+                Err(_) => return Ok(true),
+            };
+            let Some(identities) =
+                workload::identities(ctx, &plan.name_any(), service, &manifests).await?
+            else {
+                return Ok(true);
+            };
+            let identities = Arc::new(identities);
+            ctx.identities
+                .lock()
+                .expect("never poisoned")
+                .insert(key, (uid, generation, identities.clone()));
+            identities
+        }
+    };
+    workload::present(ctx, &identities).await
 }
 
 /// When the earliest running service times out, so that its failure is noticed on time.
@@ -1136,8 +1104,9 @@ fn announce(
     previous: &RecoveryPlanStatus,
     status: &RecoveryPlanStatus,
 ) {
+    let previous_services = by_name(&previous.services);
     for service in &status.services {
-        let before = previous.services.iter().find(|s| s.name == service.name);
+        let before = previous_services.get(service.name.as_str());
         let (was, was_attempts) = before.map_or((None, 0), |s| (Some(s.phase), s.attempts));
         if was == Some(service.phase) && was_attempts == service.attempts {
             continue;

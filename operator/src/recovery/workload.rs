@@ -1,34 +1,27 @@
 //! A service's workload in the cluster: what of it exists, applying what is missing, and
 //! whether it is ready.
 //!
-//! What exists is read with one list per kind (by the service's labels), not one read per
-//! object: a service restored from a backup can have thousands of objects. The missing
-//! objects are applied concurrently, rank by rank (ServiceAccounts, Secrets and ConfigMaps
-//! before the workloads that mount them; see [`restore_rank`]).
+//! What exists is read from the operator's caches of the plans' objects (see
+//! [`super::Created`]), not from the API server: a service restored from a backup can have
+//! thousands of objects, and a plan a thousand services. The missing objects are created
+//! concurrently, rank by rank (ServiceAccounts, Secrets and ConfigMaps before the workloads
+//! that mount them; see [`restore_rank`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use futures::StreamExt;
 use kube::{
     Api,
-    api::{DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams},
+    api::{DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
     discovery::{self, Scope},
 };
 use serde_json::Value;
 
 use super::{Context, Error, desired, kube_error, readiness::Readiness};
-use crate::{
-    api::recovery_plan::Service,
-    backup::selection::restore_rank,
-    labels::{self, FIELD_MANAGER},
-};
+use crate::{api::recovery_plan::Service, backup::selection::restore_rank, labels::FIELD_MANAGER};
 
 /// How many objects of one service are applied at once.
 const APPLIES_IN_FLIGHT: usize = 32;
-
-/// Kinds whose readiness is read from their status; any other object is ready once it
-/// exists, so listing its metadata is enough.
-const WITH_STATUS: [&str; 4] = ["Deployment", "StatefulSet", "DaemonSet", "Job"];
 
 /// A manifest as the service applies it, with the API of its kind.
 struct Wanted {
@@ -51,7 +44,7 @@ pub(super) async fn apply(
     // A workload the caches miss is simply created: one that exists after all (made a
     // moment ago, not seen yet) answers AlreadyExists and is applied over, which costs less
     // than a list before every start.
-    let mut current = existing(ctx, &apis, plan, &service.name, &wanted, false).await?;
+    let mut current = existing(ctx, &apis, &wanted).await?;
 
     let mut ranks: BTreeMap<u8, Vec<&Wanted>> = BTreeMap::new();
     for item in wanted
@@ -101,22 +94,78 @@ pub(super) async fn apply(
     })
 }
 
-/// Whether every object of a ready service's workload still exists.
-pub(super) async fn present(
+/// Enough of one object of a workload to find it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Identity {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// What a service's workload is made of; `None` when a manifest cannot be applied (that
+/// was reported when the service was).
+pub(super) async fn identities(
     ctx: &Context,
     plan: &str,
     service: &Service,
     manifests: &[Value],
-) -> Result<bool, Error> {
-    let (wanted, apis) = match resolve(ctx, plan, service, manifests).await? {
-        Ok(resolved) => resolved,
-        // A manifest the cluster cannot take was reported when the service was applied.
-        Err(_) => return Ok(true),
+) -> Result<Option<Vec<Identity>>, Error> {
+    let Ok((wanted, _)) = resolve(ctx, plan, service, manifests).await? else {
+        return Ok(None);
     };
-    let current = existing(ctx, &apis, plan, &service.name, &wanted, true).await?;
-    Ok(wanted
-        .iter()
-        .all(|w| current.contains_key(&(w.key.clone(), w.name.clone()))))
+    Ok(Some(
+        wanted
+            .iter()
+            .map(|w| Identity {
+                api_version: w.object["apiVersion"].as_str().unwrap_or_default().into(),
+                kind: w.object["kind"].as_str().unwrap_or_default().into(),
+                namespace: service.namespace.clone(),
+                name: w.name.clone(),
+            })
+            .collect(),
+    ))
+}
+
+/// Whether every object of a ready service's workload still exists.
+///
+/// The caches answer (see [`super::Created::has`]); what they do not show is read from the
+/// API server, object by object, before the service is called lost: a cache can lag behind
+/// a create, and a rebuild for nothing would restart the service's order.
+pub(super) async fn present(ctx: &Context, identities: &[Identity]) -> Result<bool, Error> {
+    for identity in identities {
+        let Identity {
+            api_version,
+            kind,
+            namespace,
+            name,
+        } = identity;
+        if ctx.created.has(api_version, kind, namespace, name) == Some(true) {
+            continue;
+        }
+        let api = match object_api(
+            ctx,
+            &identity.api_version,
+            &identity.kind,
+            &identity.namespace,
+        )
+        .await?
+        {
+            Ok(api) => api,
+            // Not servable any more: nothing a rebuild could fix.
+            Err(_) => continue,
+        };
+        let what = format!("{} {}/{}", identity.kind, identity.namespace, identity.name);
+        if api
+            .get_metadata_opt(&identity.name)
+            .await
+            .map_err(kube_error("read", what))?
+            .is_none()
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The manifests as the service applies them, and the API of each kind; or why one cannot
@@ -157,75 +206,45 @@ async fn resolve(
     Ok(Ok((wanted, apis)))
 }
 
-/// The service's objects that exist, by (kind key, name): whole for kinds with a status,
-/// else just their kind and name.
+/// The service's objects that exist, by (kind key, name): whole for the kinds with a
+/// status, which the caches hold whole, else just their kind and name.
 ///
-/// The workload caches answer first; their misses are confirmed with a list when
-/// `confirm_misses`. What they do not hold is listed by the service's labels, one list per
-/// kind: for a start, from the API server's watch cache for kinds without a status (a stale
-/// answer only costs a create refused as existing); else consistently, since readiness must
-/// not be read from the past nor a ready service's objects be missed.
+/// The caches answer (see [`super::Created`]); the API server is asked, by name, only
+/// about kinds no filled cache holds. An object the caches miss is taken as missing: if it
+/// exists after all (made a moment ago, not seen yet), its create is refused as existing
+/// and it is applied over, which costs less than a read before every start.
 async fn existing(
     ctx: &Context,
     apis: &BTreeMap<String, Api<DynamicObject>>,
-    plan: &str,
-    service: &str,
     wanted: &[Wanted],
-    confirm_misses: bool,
 ) -> Result<BTreeMap<(String, String), Value>, Error> {
     let mut found = BTreeMap::new();
-    let mut to_list: BTreeSet<(&str, &str)> = BTreeSet::new();
     for item in wanted {
+        let api_version = item.object["apiVersion"].as_str().unwrap_or_default();
         let kind = item.object["kind"].as_str().unwrap_or_default();
         let namespace = item.object["metadata"]["namespace"]
             .as_str()
             .unwrap_or_default();
-        match ctx.created.get(kind, namespace, &item.name) {
-            Some(object) => {
-                found.insert((item.key.clone(), item.name.clone()), object);
-            }
-            None if confirm_misses || !super::Created::holds(kind) => {
-                to_list.insert((item.key.as_str(), kind));
-            }
-            None => {}
+        let at = (item.key.clone(), item.name.clone());
+        if let Some(object) = ctx.created.get(kind, namespace, &item.name) {
+            found.insert(at, object);
+            continue;
         }
-    }
-    let selector = format!(
-        "{}={plan},{}={service},{}=workload",
-        labels::PLAN,
-        labels::SERVICE,
-        labels::PART
-    );
-    let params = ListParams::default().labels(&selector);
-    for (key, kind) in to_list {
-        let api = &apis[key];
-        let what = format!("{kind}s of service {service}");
-        if WITH_STATUS.contains(&kind) {
-            let list = api.list(&params).await.map_err(kube_error("list", what))?;
-            for object in list {
-                let name = object.metadata.name.clone().unwrap_or_default();
-                let mut value = serde_json::to_value(object).unwrap_or_default();
-                // Items of a list carry no kind, and readiness is read by kind.
-                value["kind"] = Value::String(kind.to_owned());
-                found.insert((key.to_owned(), name), value);
-            }
-        } else {
-            // Only a start may take the watch cache's word: a ready service checked
-            // against a cache that has not seen its objects yet would be rebuilt.
-            let params = if confirm_misses {
-                params.clone()
-            } else {
-                params.clone().match_any()
-            };
-            let list = api
-                .list_metadata(&params)
+        if super::Created::holds(kind) {
+            continue;
+        }
+        let exists = match ctx.created.has(api_version, kind, namespace, &item.name) {
+            Some(exists) => exists,
+            // No cache of the kind (Secrets, or one still filling): asked by name.
+            None => apis[&item.key]
+                .get_metadata_opt(&item.name)
                 .await
-                .map_err(kube_error("list", what))?;
-            for object in list {
-                let name = object.metadata.name.clone().unwrap_or_default();
-                let value = serde_json::json!({"kind": kind, "metadata": {"name": name}});
-                found.insert((key.to_owned(), name), value);
-            }
+                .map_err(kube_error("read", describe(&item.object)))?
+                .is_some(),
+        };
+        if exists {
+            let value = serde_json::json!({"kind": kind, "metadata": {"name": item.name}});
+            found.insert(at, value);
         }
     }
     Ok(found)
@@ -315,6 +334,10 @@ async fn object_api(
         }
     }
     let (resource, scope) = kinds[&key].clone();
+    drop(kinds);
+    if scope == Scope::Namespaced {
+        ctx.created.watch(&key, &resource);
+    }
     if scope == Scope::Cluster {
         return Ok(Err(format!(
             "{kind} is cluster-scoped: a service's workload lives in its namespace"
