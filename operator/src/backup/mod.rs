@@ -11,6 +11,7 @@
 //! - [`engine`]: reading the cluster and the stores.
 //! - [`verify`] (pure): restore tests' scratch namespaces, the comparison of the restored
 //!   copy with the backup, and the check Jobs' verdict.
+//! - [`dump`] (pure): data-dump Jobs, their upload Secrets and their keys in the store.
 //! - [`run_backup`], [`schedule`] (with restore tests), [`probe`]: one controller per kind.
 //! - [`restore`]: the objects of a namespace from the clean restore point.
 //!
@@ -52,6 +53,7 @@
 
 pub mod archive;
 pub mod cron;
+pub mod dump;
 pub mod engine;
 pub mod probe;
 pub mod restore;
@@ -88,6 +90,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The store could not be read or signed for, for the moment.
+    #[error("{0}")]
+    Store(String),
 }
 
 pub(crate) fn kube_error(
