@@ -89,9 +89,7 @@ pub fn check_age_header(head: &[u8]) -> Result<(), String> {
         return Err("it is empty".into());
     }
     if head.starts_with(b"-----BEGIN AGE ENCRYPTED FILE-----") {
-        return Err(
-            "it is ASCII-armored age (age -a): upload the binary form instead".into(),
-        );
+        return Err("it is ASCII-armored age (age -a): upload the binary form instead".into());
     }
     let mut lines = head.split(|b| *b == b'\n');
     if lines.next() != Some(AGE_HEADER.as_bytes()) {
@@ -165,12 +163,11 @@ pub enum Refusal {
         key: String,
     },
     #[error(
-        "its data dump {namespace}/{name} ({key}) does not match the manifest ({found_bytes} bytes with SHA-256 {found}, the manifest says {expected_bytes} bytes with SHA-256 {expected}): altered or truncated"
+        "its data dump {dump} does not match the manifest ({found_bytes} bytes with SHA-256 {found}, the manifest says {expected_bytes} bytes with SHA-256 {expected}): altered or truncated"
     )]
     DumpHash {
-        namespace: String,
-        name: String,
-        key: String,
+        /// `namespace/name (key)`.
+        dump: String,
         found: String,
         found_bytes: u64,
         expected: String,
@@ -190,9 +187,7 @@ pub fn check_dump(entry: &DumpEntry, found: Option<(&str, u64)>) -> Result<(), R
     };
     if sha256 != entry.sha256 || bytes != entry.bytes {
         return Err(Refusal::DumpHash {
-            namespace: entry.namespace.clone(),
-            name: entry.name.clone(),
-            key: entry.key.clone(),
+            dump: format!("{}/{} ({})", entry.namespace, entry.name, entry.key),
             found: sha256.to_owned(),
             found_bytes: bytes,
             expected: entry.sha256.clone(),
@@ -582,9 +577,17 @@ mod tests {
             sha256: sha256_hex(b"dump"),
             bytes: 4,
         };
-        let sealed = seal("bk", &["n".into()], objects(), vec![dump.clone()], &[recipient]).unwrap();
-        let manifest = check_manifest(Some(&sealed.manifest_sha256), &sealed.manifest_bytes).unwrap();
-        assert_eq!(manifest.dumps, [dump.clone()]);
+        let sealed = seal(
+            "bk",
+            &["n".into()],
+            objects(),
+            vec![dump.clone()],
+            &[recipient],
+        )
+        .unwrap();
+        let manifest =
+            check_manifest(Some(&sealed.manifest_sha256), &sealed.manifest_bytes).unwrap();
+        assert_eq!(manifest.dumps, std::slice::from_ref(&dump));
         let sha = sha256_hex(b"dump");
         assert_eq!(check_dump(&dump, Some((&sha, 4))), Ok(()));
         let missing = check_dump(&dump, None).unwrap_err();
@@ -609,7 +612,9 @@ mod tests {
         assert!(check_age_header(b"").unwrap_err().contains("empty"));
         let armored = check_age_header(b"-----BEGIN AGE ENCRYPTED FILE-----\nYWdl\n").unwrap_err();
         assert!(armored.contains("armored"), "{armored}");
-        let scrypt = check_age_header(b"age-encryption.org/v1\n-> scrypt c2FsdA 18\nYm9keQ\n--- bWFj\n\x00").unwrap_err();
+        let scrypt =
+            check_age_header(b"age-encryption.org/v1\n-> scrypt c2FsdA 18\nYm9keQ\n--- bWFj\n\x00")
+                .unwrap_err();
         assert!(scrypt.contains("no X25519 recipient"), "{scrypt}");
         let truncated = check_age_header(&encrypted[..30]).unwrap_err();
         assert!(truncated.contains("truncated"), "{truncated}");

@@ -65,7 +65,13 @@ pub fn timeout(dump: &DataDump) -> Duration {
 pub fn job_name(backup: &str, dump: &str) -> String {
     let whole: String = format!("{backup}-{dump}")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     if whole.len() <= 63 {
         return whole;
@@ -225,10 +231,9 @@ pub fn step(
         return Step::Done;
     }
     match job {
-        None if recorded.is_some() => Step::Fail(format!(
-            "{} was deleted before it completed",
-            which()
-        )),
+        None if recorded.is_some() => {
+            Step::Fail(format!("{} was deleted before it completed", which()))
+        }
         None => Step::Start,
         Some(JobState::Complete) => Step::Check,
         Some(JobState::Failed(why)) => Step::Fail(format!("{} failed: {why}", which())),
@@ -363,10 +368,15 @@ mod tests {
             );
         }
         assert_eq!(pod["containers"][0]["env"][0]["name"], "PGHOST");
-        let secret = serde_json::to_value(secret(&dump(None), "bk", "uid-1", "https://u".into())).unwrap();
+        let secret =
+            serde_json::to_value(secret(&dump(None), "bk", "uid-1", "https://u".into())).unwrap();
         assert_eq!(secret["metadata"]["name"], "bk-fse-dump-upload");
         assert_eq!(secret["stringData"]["url"], "https://u");
-        assert!(job_with_bad_spec().unwrap_err().contains("not a valid JobSpec"));
+        assert!(
+            job_with_bad_spec()
+                .unwrap_err()
+                .contains("not a valid JobSpec")
+        );
     }
 
     fn job_with_bad_spec() -> Result<Job, String> {
@@ -403,12 +413,23 @@ mod tests {
             "spec.dataDumps[0] (clinical-records/fse-dump): Job clinical-records/j did not finish within its timeout of 10m"
         );
         let failed = JobState::Failed("BackoffLimitExceeded".into());
-        assert!(matches!(step(2, &dump, "j", Some(&failed), None, at(1)), Step::Fail(m) if m.starts_with("spec.dataDumps[2]") && m.ends_with("failed: BackoffLimitExceeded")));
+        assert!(
+            matches!(step(2, &dump, "j", Some(&failed), None, at(1)), Step::Fail(m) if m.starts_with("spec.dataDumps[2]") && m.ends_with("failed: BackoffLimitExceeded"))
+        );
         assert_eq!(
-            step(0, &dump, "j", Some(&JobState::Complete), Some(&running), at(1)),
+            step(
+                0,
+                &dump,
+                "j",
+                Some(&JobState::Complete),
+                Some(&running),
+                at(1)
+            ),
             Step::Check
         );
-        assert!(matches!(step(0, &dump, "j", None, Some(&running), at(1)), Step::Fail(m) if m.contains("deleted before it completed")));
+        assert!(
+            matches!(step(0, &dump, "j", None, Some(&running), at(1)), Step::Fail(m) if m.contains("deleted before it completed"))
+        );
         let done = DumpStatus {
             phase: DumpPhase::Completed,
             ..running

@@ -296,7 +296,9 @@ enum Made {
     /// Why it failed for good.
     Failed(String),
     /// Data-dump Jobs are running; the first times out at `until`.
-    Waiting { until: Timestamp },
+    Waiting {
+        until: Timestamp,
+    },
 }
 
 /// Makes the backup, or moves it on as far as it goes now; also the dumps' status.
