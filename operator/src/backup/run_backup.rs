@@ -357,14 +357,30 @@ async fn make(
                 spec.store
             ));
         }
-        // Every Job is checked before any is created.
+        // Every Job is checked before any is created, and so is the right to take its
+        // upload URL away again.
         for (index, data_dump) in spec.data_dumps.iter().enumerate() {
             let key = dump::key(&location, data_dump);
+            let which = format!(
+                "spec.dataDumps[{index}] ({}/{})",
+                data_dump.namespace, data_dump.job.name
+            );
             if let Err(why) = dump::job(data_dump, &name, "", &key, &recipients) {
-                return failed(format!(
-                    "spec.dataDumps[{index}] ({}/{}): {why}",
-                    data_dump.namespace, data_dump.job.name
-                ));
+                return failed(format!("{which}: {why}"));
+            }
+            if recorded
+                .iter()
+                .any(|d| d.namespace == data_dump.namespace && d.name == data_dump.job.name)
+            {
+                continue;
+            }
+            for (group, resource) in [("", "secrets"), ("batch", "jobs")] {
+                if !may_delete(&ctx.client, &data_dump.namespace, group, resource).await? {
+                    return failed(format!(
+                        "{which}: the operator may not delete {resource} in {}, so the Job's upload URL could stay in the cluster: grant it (the chart's backup.dataDumpNamespaces) and create a new Backup",
+                        data_dump.namespace
+                    ));
+                }
             }
         }
     }
@@ -748,6 +764,39 @@ async fn start_dump(
             error,
         )),
     }
+}
+
+/// Whether the operator may delete `resource` in `namespace`, as the API server decides.
+async fn may_delete(
+    client: &Client,
+    namespace: &str,
+    group: &str,
+    resource: &str,
+) -> Result<bool, Error> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(namespace.into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                verb: Some("delete".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(kube_error(
+            "ask whether it may delete",
+            format!("{resource} in {namespace}"),
+        ))?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
 }
 
 async fn delete_upload_secret(
