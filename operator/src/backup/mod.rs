@@ -11,7 +11,8 @@
 //! - [`engine`]: reading the cluster and the stores.
 //! - [`verify`] (pure): restore tests' scratch namespaces, the comparison of the restored
 //!   copy with the backup, and the check Jobs' verdict.
-//! - [`dump`] (pure): data-dump Jobs, their upload Secrets and their keys in the store.
+//! - [`dump`] (pure): data-dump Jobs, their upload Secrets and their keys in the store;
+//!   [`dump_restore`]: download URLs for a `fromBackup` service's `dataRestore` Job.
 //! - [`run_backup`], [`schedule`] (with restore tests), [`probe`]: one controller per kind.
 //! - [`restore`]: the objects of a namespace from the clean restore point.
 //!
@@ -57,6 +58,7 @@
 pub mod archive;
 pub mod cron;
 pub mod dump;
+pub mod dump_restore;
 pub mod engine;
 pub mod probe;
 pub mod restore;

@@ -585,13 +585,25 @@ async fn a_backup_with_a_tampered_dump_is_refused_for_an_older_clean_one_and_ret
     // Retention (keepLast 1) deletes the older backups' dumps with their objects.
     let backups = Api::<Backup>::all(client.clone());
     apply(&schedule_manifest("false"));
+    let schedules = Api::<resurgo::api::BackupSchedule>::all(client.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while backups.get_opt(&clean).await.unwrap().is_some()
         || backups.get_opt(&altered).await.unwrap().is_some()
     {
+        let frozen = schedules
+            .get(&schedule)
+            .await
+            .unwrap()
+            .status
+            .is_some_and(|s| s.pruning_frozen);
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the older backups were not pruned"
+            "the older backups were not pruned{}",
+            if frozen {
+                ": pruning is frozen, by an open Incident (another test left one open?)"
+            } else {
+                ""
+            }
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -613,4 +625,84 @@ async fn a_backup_with_a_tampered_dump_is_refused_for_an_older_clean_one_and_ret
         None,
     )
     .unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn a_restore_job_gets_download_urls_and_hashes_of_the_chosen_backups_dumps() {
+    use resurgo::{api::recovery_plan::RecoveryPlan, backup::dump_restore};
+    let client = client().await;
+    let world = world("dump-restore").await;
+    let backup = format!("{}-nightly", world.name);
+    apply(&world.backup(&backup, dump_job("3s"), "2m"));
+    let payload = archive::encrypt_to(b"COPY patients FROM stdin;\n", &world.recipient).unwrap();
+    play_the_job(&client, &world.namespace, &backup, Some(payload.clone())).await;
+    assert_eq!(
+        finished(&client, &backup).await.phase,
+        Some(BackupPhase::Completed)
+    );
+    apply(
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "identity", "namespace": world.namespace},
+                "stringData": {"identity": world.identity}}),
+    );
+    // The rebuilt service lives in a namespace of its own, restored from the backup of the
+    // original one; the plan is only read, never applied here.
+    let target = format!("{}-rebuilt", world.name);
+    apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": target}}));
+    let plan: RecoveryPlan = serde_json::from_value(json!({
+        "apiVersion": "resurgo.dev/v1alpha1", "kind": "RecoveryPlan",
+        "metadata": {"name": format!("{}-plan", world.name)},
+        "spec": {"tiers": [{"name": "clinical", "rto": "4h"}],
+                 "services": [{"name": "records", "tier": "clinical", "namespace": target,
+                               "workload": {"fromBackup": {"backup": backup, "sourceNamespace": world.namespace,
+                                                           "identitySecretRef": {"name": "identity", "namespace": world.namespace}}},
+                               "dataRestore": {"name": "load", "timeout": "10m", "spec": resurgo_tests::job_spec()}}]}
+    }))
+    .unwrap();
+    let service = &plan.spec.services[0];
+    let template = service.data_restore.as_ref().unwrap();
+    let source = dump_restore::prepare(&client, &plan, service, template, "records-load", &target)
+        .await
+        .unwrap()
+        .expect("the backup is clean")
+        .expect("it has a dump of the namespace");
+    assert_eq!(
+        source.secret_ref.as_ref().unwrap().name,
+        "records-load-dumps"
+    );
+    let secret = Api::<Secret>::namespaced(client.clone(), &target)
+        .get("records-load-dumps")
+        .await
+        .unwrap();
+    let data = secret.data.unwrap_or_default();
+    let text = |key: &str| String::from_utf8(data[key].0.clone()).unwrap();
+    assert_eq!(
+        text("RESURGO_DUMP_PG_SHA256"),
+        archive::sha256_hex(&payload)
+    );
+    // The URL downloads exactly what the dump Job uploaded, and nothing else.
+    let url = text("RESURGO_DUMP_PG_URL");
+    let downloaded = reqwest::get(&url).await.unwrap();
+    assert!(downloaded.status().is_success());
+    assert_eq!(downloaded.bytes().await.unwrap().to_vec(), payload);
+    let other = url.replace("/pg.age?", "/other.age?");
+    assert!(!reqwest::get(&other).await.unwrap().status().is_success());
+    let put = reqwest::Client::new()
+        .put(&url)
+        .body(b"overwrite".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert!(!put.status().is_success(), "a download URL must not upload");
+
+    dump_restore::forget(&client, &target, "records-load")
+        .await
+        .unwrap();
+    assert!(
+        Api::<Secret>::namespaced(client.clone(), &target)
+            .get_opt("records-load-dumps")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
