@@ -706,3 +706,131 @@ async fn a_restore_job_gets_download_urls_and_hashes_of_the_chosen_backups_dumps
             .is_none()
     );
 }
+
+/// An operator process of this test's own, for the Resurgo objects labelled
+/// `resurgo.dev/test-operator=<id>` (the shared operator leaves those alone); SIGKILLed when
+/// dropped.
+struct OwnOperator(std::process::Child);
+
+impl OwnOperator {
+    fn start(id: &str, log: &std::path::Path) -> Self {
+        let file = std::fs::File::create(log).unwrap();
+        let child = std::process::Command::new(resurgo_tests::resurgo_bin("resurgo"))
+            .args([
+                "run",
+                &format!("--selector=resurgo.dev/test-operator={id}"),
+                "--metrics-addr=127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "warn,resurgo=debug")
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start an operator");
+        Self(child)
+    }
+}
+
+impl Drop for OwnOperator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn a_killed_operator_resumes_a_dump_without_running_it_again_and_removes_its_url() {
+    let client = client().await;
+    let world = world("dump-kill").await;
+    let id = world.name.clone();
+    let log = std::env::temp_dir().join(format!("{id}-operator.log"));
+    let backup = format!("{}-nightly", world.name);
+    let mut manifest = world.backup(&backup, dump_job("6s"), "2m");
+    manifest["metadata"]["labels"] = json!({"resurgo.dev/test-operator": id});
+    let first = OwnOperator::start(&id, &log);
+    apply(&manifest);
+    let payload = archive::encrypt_to(b"day 1", &world.recipient).unwrap();
+    play_the_job(&client, &world.namespace, &backup, Some(payload.clone())).await;
+    // The Backup recorded its running dump; then the operator dies (SIGKILL).
+    let backups = Api::<Backup>::all(client.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = backups
+            .get(&backup)
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default();
+        if status.dumps.iter().any(|d| d.phase == DumpPhase::Running) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no running dump recorded: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(first);
+    let jobs = Api::<Job>::namespaced(client.clone(), &world.namespace);
+    let job_name = dump::job_name(&backup, "pg");
+    let uid = jobs.get(&job_name).await.unwrap().metadata.uid;
+    // The Job completes while no operator runs; its URL is still in the cluster.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = serde_json::to_value(jobs.get(&job_name).await.unwrap()).unwrap();
+        if resurgo::backup::verify::job_state(&job) == resurgo::backup::verify::JobState::Complete {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the Job did not complete"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!secret_gone(&client, &world.namespace, &backup).await);
+    assert_eq!(
+        backups
+            .get(&backup)
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default()
+            .phase,
+        Some(BackupPhase::Running)
+    );
+
+    // Restarted, the operator carries on from the status and the Job: the same Job, never
+    // a second one, the upload checked and recorded, the URL gone.
+    let second = OwnOperator::start(&id, &log);
+    let status = finished(&client, &backup).await;
+    assert_eq!(status.phase, Some(BackupPhase::Completed), "{status:?}");
+    assert_eq!(status.dumps[0].sha256, Some(archive::sha256_hex(&payload)));
+    assert_eq!(jobs.get(&job_name).await.unwrap().metadata.uid, uid);
+    let made = jobs
+        .list(&ListParams::default().labels(dump::DUMP_LABEL))
+        .await
+        .unwrap()
+        .items
+        .len();
+    assert_eq!(made, 1, "the dump ran more than once");
+    assert!(secret_gone(&client, &world.namespace, &backup).await);
+    drop(second);
+
+    // An operator that stopped after the backup ended but before the URL was deleted: the
+    // next one deletes it at start.
+    let leftover = dump::secret_name(&job_name);
+    apply(&json!({"apiVersion": "v1", "kind": "Secret",
+                  "metadata": {"name": leftover, "namespace": world.namespace},
+                  "stringData": {"url": "https://example.invalid/left-over"}}));
+    let _third = OwnOperator::start(&id, &log);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !secret_gone(&client, &world.namespace, &backup).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upload Secret of a finished backup stayed after a restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_file(&log);
+}
