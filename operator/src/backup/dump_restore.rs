@@ -6,9 +6,11 @@
 //! deleted once the Job is done. The Job downloads, checks the SHA-256, decrypts with the
 //! identity it is given (never by the operator) and loads the data.
 //!
-//! The RecoveryPlan controller calls [`prepare`] before it creates the restore Job, adds
-//! [`env_from`] to the Job's containers with [`add_env_from`], and calls [`forget`] once the
-//! Job completed or failed.
+//! Not wired into the RecoveryPlan controller yet: its `run_job` (operator/src/recovery/
+//! mod.rs) is to call [`prepare`] just before it creates a `restore` Job, add the returned
+//! source to the Job's containers with [`add_env_from`], and call [`forget`] once the Job
+//! completed or failed. The rebuilt namespace's default-deny NetworkPolicy must then let
+//! the restore Job reach the store's endpoint.
 
 use std::{collections::BTreeMap, time::Duration};
 

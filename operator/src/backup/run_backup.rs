@@ -632,7 +632,7 @@ async fn run_dumps(
                         if found.is_some() {
                             // It may be plaintext: it must not stay readable in the store.
                             why.push_str(&match store.delete(&key).await {
-                                Ok(()) => "; it was deleted from the store".to_owned(),
+                                Ok(()) => "; it was deleted from the store (a versioned bucket keeps its version, hidden: remove that by hand once its object lock allows)".to_owned(),
                                 Err(_) => format!(
                                     "; the operator could not delete it (object lock?): remove {key} from the store"
                                 ),
@@ -805,16 +805,29 @@ async fn delete_upload_secret(
     job_name: &str,
 ) -> Result<(), Error> {
     let secret = dump::secret_name(job_name);
-    match Api::<Secret>::namespaced(ctx.client.clone(), &data_dump.namespace)
-        .delete(&secret, &DeleteParams::default())
-        .await
-    {
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &data_dump.namespace);
+    let object = format!("{}/{secret}", data_dump.namespace);
+    match secrets.delete(&secret, &DeleteParams::default()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
-        Err(error) => Err(kube_error(
-            "delete the upload Secret",
-            format!("{}/{secret}", data_dump.namespace),
-        )(error)),
+        // Not allowed to delete there (the namespace is not in the chart's
+        // backup.dataDumpNamespaces): empty it, with the `patch` the operator has, if it
+        // is there at all.
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            let empty = json!({"data": null});
+            match secrets
+                .patch(&secret, &PatchParams::default(), &Patch::Merge(&empty))
+                .await
+            {
+                Ok(_) => {
+                    warn!(secret = %object, "may not delete the upload Secret: emptied it instead");
+                    Ok(())
+                }
+                Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+                Err(error) => Err(kube_error("empty the upload Secret", object)(error)),
+            }
+        }
+        Err(error) => Err(kube_error("delete the upload Secret", object)(error)),
     }
 }
 
@@ -857,6 +870,10 @@ async fn stop_dump_jobs(ctx: &Context, backup: &Backup) -> Result<(), Error> {
         match jobs.delete(&job_name, &params).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.is_not_found() => {}
+            // Its deadline (the dump's timeout) stops it; its URL is gone with the Secret.
+            Err(kube::Error::Api(status)) if status.code == 403 => {
+                warn!(job = %object, "may not stop the Job of a failed backup: its deadline will");
+            }
             Err(error) => return Err(kube_error("stop", object)(error)),
         }
     }
