@@ -455,7 +455,8 @@ async fn dumps_that_upload_nothing_plaintext_or_fail_fail_their_backup_and_say_w
 
 #[tokio::test]
 #[ignore = "needs cluster"]
-async fn dumps_to_a_filesystem_store_are_refused_before_anything_is_created() {
+async fn dumps_to_a_filesystem_store_or_with_a_bad_job_spec_are_refused_before_anything_is_created()
+{
     let client = client().await;
     let world = world("dump-fs").await;
     let dir = std::env::temp_dir().join(format!("resurgo-store-{}", world.name));
@@ -488,6 +489,31 @@ async fn dumps_to_a_filesystem_store_are_refused_before_anything_is_created() {
     assert!(secret_gone(&client, &world.namespace, &backup).await);
     assert!(!dir.join("backups").exists());
     let _ = std::fs::remove_dir_all(&dir);
+
+    // To an S3 store, a dump whose spec is not a JobSpec is refused before anything is
+    // created too.
+    let invalid = format!("{}-invalid", world.name);
+    apply(&world.backup(&invalid, json!({"template": "a pod"}), "2m"));
+    let status = finished(&client, &invalid).await;
+    assert_eq!(status.phase, Some(BackupPhase::Failed), "{status:?}");
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.starts_with(&format!(
+            "spec.dataDumps[0] ({}/pg): the spec is not a valid JobSpec: ",
+            world.namespace
+        )),
+        "{message}"
+    );
+    assert!(
+        Api::<Job>::namespaced(client.clone(), &world.namespace)
+            .get_opt(&dump::job_name(&invalid, "pg"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(secret_gone(&client, &world.namespace, &invalid).await);
+    let store = world.store(&client).await;
+    assert!(!store.exists(&world.key(&invalid)).await.unwrap());
 }
 
 #[tokio::test]
