@@ -31,8 +31,14 @@ fn keys() -> &'static Keys {
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "fse-settings", "namespace": "records"}, "data": {"region": "lazio"}}),
             json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "fse", "namespace": "records"}, "spec": {"ports": [{"port": 8443}]}}),
         ];
-        let original = archive::seal("fuzz", &["records".to_owned()], objects.clone(), &[recipient])
-            .expect("seal the reference backup");
+        let original = archive::seal(
+            "fuzz",
+            &["records".to_owned()],
+            objects.clone(),
+            vec![],
+            &[recipient],
+        )
+        .expect("seal the reference backup");
         let (_, objects) = archive::open(
             Some(&original.manifest_sha256),
             &original.manifest_bytes,

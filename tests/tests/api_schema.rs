@@ -561,6 +561,16 @@ fn invalid_cases() -> Vec<Case> {
             vec![("/spec/immutability", json!({"period": "30 days"}))],
             &["spec.immutability.period", "must be a positive duration"],
         ),
+        case(
+            "two data dumps of the same name in the same namespace",
+            "BackupSchedule",
+            vec![(
+                "/spec/dataDumps",
+                json!([{"namespace": "db", "name": "pg", "spec": {}},
+                       {"namespace": "db", "name": "pg", "spec": {}}]),
+            )],
+            &["spec.dataDumps[1]", "Duplicate value"],
+        ),
         // Backup
         case(
             "a backup without a store",

@@ -507,7 +507,7 @@ fn catalogue(n: &Names) -> Vec<Case> {
         Proof::NoBackupData,
     );
     add(
-        "a data dump, which this version does not run",
+        "a data dump to a filesystem store, which a Job cannot upload to",
         backup(
             name,
             store,
@@ -519,7 +519,9 @@ fn catalogue(n: &Names) -> Vec<Case> {
             "Completed",
             "False",
             "Failed",
-            "dataDumps are not run by this version of the operator: remove them, or back up data with a Job of your own",
+            format!(
+                "spec.dataDumps needs an S3 BackupStore, and {store} is a filesystem store: a data-dump Job runs in a pod of its own and uploads with a pre-signed URL, which a directory of the operator's cannot give; use an S3 store, or remove spec.dataDumps"
+            ),
         ),
         Proof::NoBackupData,
     );

@@ -271,6 +271,61 @@ fn rbac_names_every_resource_and_verb_and_justifies_every_rule() {
 
 #[test]
 #[ignore = "needs helm: run tests/run.sh"]
+fn data_dump_namespaces_alone_let_the_operator_delete_secrets_and_jobs() {
+    let role_named = |documents: &[Value], namespace: &str| {
+        find(documents, "Role")
+            .into_iter()
+            .find(|r| {
+                r["metadata"]["name"] == "rel-resurgo-data-dumps"
+                    && r["metadata"]["namespace"] == namespace
+            })
+            .cloned()
+    };
+    // By default, no namespace: the operator may delete no Secret and no Job anywhere.
+    let default = render(&[]);
+    assert!(role_named(&default, "clinical-records").is_none());
+    for role in find(&default, "ClusterRole") {
+        for rule in role["rules"].as_array().unwrap() {
+            let resources = rule["resources"].as_array().unwrap();
+            let deletes = rule["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v == "delete");
+            assert!(
+                !(deletes && resources.iter().any(|r| r == "secrets" || r == "jobs")),
+                "{rule}"
+            );
+        }
+    }
+    let documents = render(&[
+        "--set",
+        "backup.dataDumpNamespaces={clinical-records,laboratory}",
+    ]);
+    for namespace in ["clinical-records", "laboratory"] {
+        let role = role_named(&documents, namespace)
+            .unwrap_or_else(|| panic!("no data-dump Role in {namespace}"));
+        assert_eq!(
+            role["rules"],
+            json!([
+                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["delete"]},
+                {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["delete"]}
+            ])
+        );
+        let binding = find(&documents, "RoleBinding")
+            .into_iter()
+            .find(|b| {
+                b["metadata"]["name"] == "rel-resurgo-data-dumps"
+                    && b["metadata"]["namespace"] == namespace
+            })
+            .expect("its RoleBinding");
+        assert_eq!(binding["roleRef"]["name"], "rel-resurgo-data-dumps");
+        assert_eq!(binding["subjects"][0]["namespace"], "ops");
+    }
+}
+
+#[test]
+#[ignore = "needs helm: run tests/run.sh"]
 fn values_the_operator_cannot_honour_fail_the_install() {
     let chart = chart();
     let namespaces = helm(&[

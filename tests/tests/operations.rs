@@ -38,6 +38,11 @@ struct ChartAccount {
 /// Renders the chart's ServiceAccount, ClusterRole, Roles and bindings (release `release`,
 /// lease `lease`), applies them, and writes a kubeconfig with a token of that account.
 fn install_chart_account(release: &str, lease: &str) -> ChartAccount {
+    install_chart_account_with(release, lease, &[])
+}
+
+/// [`install_chart_account`] with more `--set` values for the chart.
+fn install_chart_account_with(release: &str, lease: &str, values: &[&str]) -> ChartAccount {
     let namespace = release.to_owned();
     kubectl_ok(&["create", "namespace", &namespace], None).expect("namespace");
     let chart = repo_root().join("charts/resurgo");
@@ -50,6 +55,7 @@ fn install_chart_account(release: &str, lease: &str) -> ChartAccount {
             &namespace,
         ])
         .args(["--set", &format!("leaderElection.leaseName={lease}")])
+        .args(values.iter().flat_map(|value| ["--set", value]))
         .args(["--show-only", "templates/serviceaccount.yaml"])
         .args(["--show-only", "templates/clusterrole.yaml"])
         .args(["--show-only", "templates/clusterrolebinding.yaml"])
@@ -1266,4 +1272,134 @@ async fn an_operator_stopped_while_it_starts_exits_at_once() {
     assert!(exit.success(), "{exit}:\n{}", operator.log());
     assert!(operator.log().contains("stopping"), "{}", operator.log());
     cleanup(&account, "none");
+}
+
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn the_charts_service_account_runs_data_dumps_only_in_the_namespaces_the_chart_names() {
+    use resurgo::{
+        api::backup::{Backup, BackupPhase},
+        backup::{archive, dump, s3},
+    };
+    install_crds().await;
+    let client = client().await;
+    let id = unique_name("rbac-dump");
+    let allowed = format!("{id}-db");
+    let elsewhere = format!("{id}-other");
+    for namespace in [&allowed, &elsewhere] {
+        kubectl_ok(&["create", "namespace", namespace], None).unwrap();
+    }
+    let account = install_chart_account_with(
+        &id,
+        &format!("{id}-lease"),
+        &[&format!("backup.dataDumpNamespaces={{{allowed}}}")],
+    );
+    let operator = Operator::start(&account, &id, &format!("{id}-operator"), &[]);
+
+    let var = |name: &str| std::env::var(name).expect("run through tests/run.sh (MinIO)");
+    let (endpoint, access_key, secret_key) = (
+        var("RESURGO_MINIO_ENDPOINT"),
+        var("RESURGO_MINIO_ACCESS_KEY"),
+        var("RESURGO_MINIO_SECRET_KEY"),
+    );
+    let store = format!("{id}-s3");
+    let spec = json!({"bucket": store, "endpoint": endpoint, "forcePathStyle": true,
+                      "allowInsecureHttp": true,
+                      "credentialsSecretRef": {"name": store, "namespace": account.namespace}});
+    s3::create_bucket(&s3::Target::of(
+        &serde_json::from_value(spec.clone()).unwrap(),
+        &access_key,
+        &secret_key,
+    ))
+    .await
+    .unwrap();
+    for object in [
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": store, "namespace": account.namespace},
+               "stringData": {"accessKeyId": access_key, "secretAccessKey": secret_key}}),
+        json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "BackupStore",
+               "metadata": {"name": store, "labels": {TEST_OPERATOR: id}}, "spec": {"s3": spec}}),
+    ] {
+        apply(&object.to_string());
+    }
+    let (_, recipient) = archive::generate_identity();
+    let mut job = resurgo_tests::job_spec();
+    job["template"]["metadata"] =
+        json!({"annotations": {"pod-ready.stage.kwok.x-k8s.io/delay": "3s"}});
+    let backup = |name: &str, namespace: &str| {
+        json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "Backup",
+               "metadata": {"name": name, "labels": {TEST_OPERATOR: id}},
+               "spec": {"store": store, "include": {"namespaces": [namespace]},
+                        "dataDumps": [{"namespace": namespace, "name": "pg", "spec": job}],
+                        "encryption": {"recipients": [recipient]}}})
+    };
+    let backups = Api::<Backup>::all(client.clone());
+    let finished = |name: String| {
+        let backups = backups.clone();
+        let log = operator.log.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let status = backups.get(&name).await.unwrap().status.unwrap_or_default();
+                if matches!(
+                    status.phase,
+                    Some(BackupPhase::Completed | BackupPhase::Failed)
+                ) {
+                    return status;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{name}: {status:?}\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+
+    // Where the chart lets it delete nothing, the dump does not start.
+    let refused = format!("{id}-elsewhere");
+    apply(&backup(&refused, &elsewhere).to_string());
+    let status = finished(refused.clone()).await;
+    assert_eq!(status.phase, Some(BackupPhase::Failed));
+    assert_eq!(
+        status.message.as_deref(),
+        Some(format!(
+            "spec.dataDumps[0] ({elsewhere}/pg): the operator may not delete secrets in {elsewhere}, so the Job's upload URL could stay in the cluster: grant it (the chart's backup.dataDumpNamespaces) and create a new Backup"
+        ).as_str())
+    );
+    let jobs = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &elsewhere);
+    assert!(
+        jobs.get_opt(&dump::job_name(&refused, "pg"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // In a namespace the chart names, the whole dump runs with the chart's account alone.
+    let name = format!("{id}-allowed");
+    apply(&backup(&name, &allowed).to_string());
+    let secrets = Api::<Secret>::namespaced(client.clone(), &allowed);
+    let secret = dump::secret_name(&dump::job_name(&name, "pg"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let url = loop {
+        if let Some(found) = secrets.get_opt(&secret).await.unwrap()
+            && let Some(url) = found.data.unwrap_or_default().get("url")
+        {
+            break String::from_utf8(url.0.clone()).unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no upload Secret");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let payload = archive::encrypt_to(b"dump", &recipient).unwrap();
+    let put = reqwest::Client::new()
+        .put(&url)
+        .body(payload)
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let status = finished(name.clone()).await;
+    assert_eq!(status.phase, Some(BackupPhase::Completed), "{status:?}");
+    assert!(secrets.get_opt(&secret).await.unwrap().is_none());
+    assert_nothing_refused(&operator);
 }

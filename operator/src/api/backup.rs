@@ -52,9 +52,12 @@ pub struct BackupSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "set"))]
     pub exclude_kinds: Vec<String>,
-    /// Data-dump Jobs to run before the objects are read.
+    /// Data-dump Jobs to run before the objects are read (S3 stores only). Each Job gets a
+    /// pre-signed URL to upload one age-encrypted file to the backup's location; see
+    /// `spec.dataDumps` of BackupSchedule.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["namespace".into(), "name".into()]))]
     pub data_dumps: Vec<DataDump>,
     /// The age recipients the backup is encrypted to.
     pub encryption: Encryption,
@@ -113,6 +116,45 @@ pub struct BackupStatus {
     /// Why the backup failed, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The data dumps of `spec.dataDumps`: their Jobs while they run, and once uploaded
+    /// the SHA-256 and size of what each wrote (also in the manifest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["namespace".into(), "name".into()]))]
+    pub dumps: Vec<DumpStatus>,
+}
+
+/// One data dump of a backup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DumpStatus {
+    /// The dump's name in `spec.dataDumps`.
+    pub name: String,
+    /// The namespace its Job runs in.
+    pub namespace: String,
+    /// The Job that makes it.
+    pub job: String,
+    /// Running, Completed (uploaded and checked) or Failed.
+    pub phase: DumpPhase,
+    /// Where it is in the store, under the backup's location.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// SHA-256 of the uploaded (encrypted) file, once completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Size of the uploaded file in bytes, once completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// What went wrong, for a failed dump.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Phase of a data dump.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DumpPhase {
+    Running,
+    Completed,
+    Failed,
 }
 
 /// Phase of a backup run.

@@ -62,9 +62,16 @@ pub struct BackupScheduleSpec {
     pub exclude_kinds: Vec<String>,
 
     /// Jobs that dump application data (a database dump, say) into the backup before the
-    /// objects are read.
+    /// objects are read. S3 stores only: each Job gets the environment variables
+    /// `RESURGO_DUMP_URL` (a pre-signed PUT URL for its one file, valid for its timeout plus
+    /// 5 minutes, from a Secret deleted once the Job is done), `RESURGO_AGE_RECIPIENTS`
+    /// (the recipients, one per line) and `RESURGO_DUMP_KEY`; it must encrypt its dump with
+    /// age to the recipients and upload the file with a Content-Length, such as
+    /// `curl -fT dump.age "$RESURGO_DUMP_URL"`. Plaintext is refused. The file's SHA-256
+    /// goes into the manifest, and a restore checks it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["namespace".into(), "name".into()]))]
     pub data_dumps: Vec<DataDump>,
 
     /// Who can read the backups: they are encrypted to these age public keys. The private

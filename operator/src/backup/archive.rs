@@ -1,11 +1,14 @@
 //! The backup format: what is written to the store, and the checks a backup must pass
 //! before anything is restored from it. Pure: bytes in, bytes or a refusal out.
 //!
-//! A backup is two objects under its location:
+//! A backup is two objects under its location, and one more per data dump:
 //! - `objects.jsonl.age`: the objects, one JSON document per line, sorted by namespace, kind
 //!   and name, encrypted with age to the schedule's X25519 recipients;
+//! - `dumps/<namespace>/<name>.age`: what each data-dump Job uploaded, age-encrypted by the
+//!   Job itself (the operator never sees the plaintext);
 //! - `manifest.json`: in clear, the SHA-256 of every object, of the whole plaintext and of
-//!   the ciphertext. The Backup object records the SHA-256 of this manifest.
+//!   the ciphertext, and the SHA-256 and size of every dump. The Backup object records the
+//!   SHA-256 of this manifest.
 //!
 //! A restore refuses a backup unless, in this order: the manifest matches the hash the
 //! Backup recorded; the ciphertext matches the manifest (catches flipped bytes and
@@ -52,6 +55,62 @@ pub struct Manifest {
     /// SHA-256 and size of the encrypted objects as written.
     pub ciphertext_sha256: String,
     pub ciphertext_bytes: u64,
+    /// The data dumps, each a file of its own in the store. Absent from backups without
+    /// dumps, so manifests written before dumps existed read and hash the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dumps: Vec<DumpEntry>,
+}
+
+/// One data dump, as listed in the manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DumpEntry {
+    /// The namespace its Job ran in.
+    pub namespace: String,
+    /// The dump's name in `spec.dataDumps`.
+    pub name: String,
+    /// Its key in the store (under the backup's location, without the store's prefix).
+    pub key: String,
+    /// SHA-256 (hex) of the file as uploaded (age ciphertext).
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// The first line of every binary age file.
+pub const AGE_HEADER: &str = "age-encryption.org/v1";
+
+/// How much of a dump's beginning [`check_age_header`] needs to see at most: the header
+/// holds a stanza per recipient (at most 16) and ends with the `---` MAC line.
+pub const AGE_HEADER_LIMIT: usize = 64 * 1024;
+
+/// Why an uploaded data dump is not an age file, in words.
+pub fn check_age_header(head: &[u8]) -> Result<(), String> {
+    if head.is_empty() {
+        return Err("it is empty".into());
+    }
+    if head.starts_with(b"-----BEGIN AGE ENCRYPTED FILE-----") {
+        return Err("it is ASCII-armored age (age -a): upload the binary form instead".into());
+    }
+    let mut lines = head.split(|b| *b == b'\n');
+    if lines.next() != Some(AGE_HEADER.as_bytes()) {
+        return Err(format!(
+            "it does not start with the age header {AGE_HEADER}: it is not age-encrypted (plaintext is refused)"
+        ));
+    }
+    let mut x25519 = 0;
+    for line in lines {
+        if line.starts_with(b"---") {
+            return if x25519 == 0 {
+                Err("its age header has no X25519 recipient stanza (encrypted with a passphrase or another kind of key?): encrypt it to the backup's recipients".into())
+            } else {
+                Ok(())
+            };
+        }
+        if line.starts_with(b"-> X25519 ") {
+            x25519 += 1;
+        }
+    }
+    Err("its age header is truncated (no --- line)".into())
 }
 
 /// A backup ready to be written.
@@ -97,6 +156,45 @@ pub enum Refusal {
     Decrypt(String),
     #[error("its decrypted content does not match the manifest: {0}")]
     Content(String),
+    #[error("its data dump {namespace}/{name} is missing from the store ({key})")]
+    DumpMissing {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error(
+        "its data dump {dump} does not match the manifest ({found_bytes} bytes with SHA-256 {found}, the manifest says {expected_bytes} bytes with SHA-256 {expected}): altered or truncated"
+    )]
+    DumpHash {
+        /// `namespace/name (key)`.
+        dump: String,
+        found: String,
+        found_bytes: u64,
+        expected: String,
+        expected_bytes: u64,
+    },
+}
+
+/// Checks one stored dump against its manifest entry: `found` is the SHA-256 and size of
+/// the object in the store, `None` when it is not there.
+pub fn check_dump(entry: &DumpEntry, found: Option<(&str, u64)>) -> Result<(), Refusal> {
+    let Some((sha256, bytes)) = found else {
+        return Err(Refusal::DumpMissing {
+            namespace: entry.namespace.clone(),
+            name: entry.name.clone(),
+            key: entry.key.clone(),
+        });
+    };
+    if sha256 != entry.sha256 || bytes != entry.bytes {
+        return Err(Refusal::DumpHash {
+            dump: format!("{}/{} ({})", entry.namespace, entry.name, entry.key),
+            found: sha256.to_owned(),
+            found_bytes: bytes,
+            expected: entry.sha256.clone(),
+            expected_bytes: entry.bytes,
+        });
+    }
+    Ok(())
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -129,11 +227,13 @@ fn sort_key(object: &Value) -> (String, String, String, String) {
     )
 }
 
-/// Serialises, hashes and encrypts `objects` (already cleaned) for `recipients`.
+/// Serialises, hashes and encrypts `objects` (already cleaned) for `recipients`; `dumps`
+/// are the data dumps already in the store, listed in the manifest.
 pub fn seal(
     backup: &str,
     namespaces: &[String],
     mut objects: Vec<Value>,
+    dumps: Vec<DumpEntry>,
     recipients: &[String],
 ) -> Result<Sealed, SealError> {
     let parsed = recipients
@@ -165,6 +265,7 @@ pub fn seal(
         plaintext_sha256: sha256_hex(&plaintext),
         ciphertext_sha256: sha256_hex(&ciphertext),
         ciphertext_bytes: ciphertext.len() as u64,
+        dumps,
     };
     let manifest_bytes = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
     Ok(Sealed {
@@ -316,7 +417,7 @@ mod tests {
 
     fn sealed() -> (Sealed, String) {
         let (identity, recipient) = generate_identity();
-        let sealed = seal("bk", &["n".into()], objects(), &[recipient]).unwrap();
+        let sealed = seal("bk", &["n".into()], objects(), vec![], &[recipient]).unwrap();
         (sealed, identity)
     }
 
@@ -380,7 +481,7 @@ mod tests {
         // An attacker re-encrypts other content to the public recipient and writes a
         // matching manifest: the hash the Backup recorded no longer matches.
         let (_, recipient) = generate_identity();
-        let forged = seal("bk", &["n".into()], vec![], &[recipient]).unwrap();
+        let forged = seal("bk", &["n".into()], vec![], vec![], &[recipient]).unwrap();
         let refusal = open(
             Some(&sealed.manifest_sha256),
             &forged.manifest_bytes,
@@ -441,8 +542,81 @@ mod tests {
     fn a_private_key_is_not_a_recipient() {
         let (identity, _) = generate_identity();
         assert_eq!(
-            seal("bk", &[], vec![], &[identity]).err(),
+            seal("bk", &[], vec![], vec![], &[identity]).err(),
             Some(SealError::Recipient { index: 0 })
         );
+    }
+
+    #[test]
+    fn a_manifest_written_before_dumps_existed_reads_and_hashes_the_same() {
+        // A manifest as this operator wrote it before data dumps: no `dumps` field.
+        let old = r#"{
+  "format": "resurgo.dev/backup-v1",
+  "backup": "bk",
+  "namespaces": [
+    "n"
+  ],
+  "entries": [],
+  "plaintextSha256": "p",
+  "ciphertextSha256": "c",
+  "ciphertextBytes": 3
+}"#;
+        let manifest = check_manifest(Some(&sha256_hex(old.as_bytes())), old.as_bytes()).unwrap();
+        assert!(manifest.dumps.is_empty());
+        // Written again, it is the same bytes, so the same hash as the Backup recorded.
+        assert_eq!(serde_json::to_string_pretty(&manifest).unwrap(), old);
+    }
+
+    #[test]
+    fn dumps_are_listed_in_the_manifest_and_checked_against_the_store() {
+        let (_, recipient) = generate_identity();
+        let dump = DumpEntry {
+            namespace: "db".into(),
+            name: "pg".into(),
+            key: "backups/bk/dumps/db/pg.age".into(),
+            sha256: sha256_hex(b"dump"),
+            bytes: 4,
+        };
+        let sealed = seal(
+            "bk",
+            &["n".into()],
+            objects(),
+            vec![dump.clone()],
+            &[recipient],
+        )
+        .unwrap();
+        let manifest =
+            check_manifest(Some(&sealed.manifest_sha256), &sealed.manifest_bytes).unwrap();
+        assert_eq!(manifest.dumps, std::slice::from_ref(&dump));
+        let sha = sha256_hex(b"dump");
+        assert_eq!(check_dump(&dump, Some((&sha, 4))), Ok(()));
+        let missing = check_dump(&dump, None).unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "its data dump db/pg is missing from the store (backups/bk/dumps/db/pg.age)"
+        );
+        let other = sha256_hex(b"dumq");
+        let altered = check_dump(&dump, Some((&other, 4))).unwrap_err();
+        assert!(matches!(altered, Refusal::DumpHash { .. }), "{altered}");
+        assert!(altered.to_string().contains("altered or truncated"));
+        assert!(check_dump(&dump, Some((&sha, 5))).is_err());
+    }
+
+    #[test]
+    fn only_age_files_to_x25519_recipients_pass_as_dumps() {
+        let (_, recipient) = generate_identity();
+        let encrypted = encrypt_to(b"pg_dump output", &recipient).unwrap();
+        assert_eq!(check_age_header(&encrypted), Ok(()));
+        let plaintext = check_age_header(b"-- PostgreSQL database dump\n").unwrap_err();
+        assert!(plaintext.contains("plaintext is refused"), "{plaintext}");
+        assert!(check_age_header(b"").unwrap_err().contains("empty"));
+        let armored = check_age_header(b"-----BEGIN AGE ENCRYPTED FILE-----\nYWdl\n").unwrap_err();
+        assert!(armored.contains("armored"), "{armored}");
+        let scrypt =
+            check_age_header(b"age-encryption.org/v1\n-> scrypt c2FsdA 18\nYm9keQ\n--- bWFj\n\x00")
+                .unwrap_err();
+        assert!(scrypt.contains("no X25519 recipient"), "{scrypt}");
+        let truncated = check_age_header(&encrypted[..30]).unwrap_err();
+        assert!(truncated.contains("truncated"), "{truncated}");
     }
 }

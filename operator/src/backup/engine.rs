@@ -224,6 +224,12 @@ pub async fn identity(
     }
 }
 
+/// What a stored backup holds, once every check passed.
+pub struct Opened {
+    pub manifest: archive::Manifest,
+    pub objects: Vec<Value>,
+}
+
 /// Reads a completed backup from its store and opens it with every check. The outer error
 /// is the cluster's; the inner one why this backup is refused.
 pub async fn read_backup(
@@ -231,6 +237,18 @@ pub async fn read_backup(
     backup: &Backup,
     identity: &str,
 ) -> Result<Result<Vec<Value>, Failure>, kube::Error> {
+    Ok(open_backup(client, backup, identity)
+        .await?
+        .map(|opened| opened.objects))
+}
+
+/// [`read_backup`], with the manifest: every check of [`archive::open`], then every data
+/// dump read back (as a stream) against its SHA-256 and size in the manifest.
+pub async fn open_backup(
+    client: &Client,
+    backup: &Backup,
+    identity: &str,
+) -> Result<Result<Opened, Failure>, kube::Error> {
     let status = backup.status.clone().unwrap_or_default();
     let Some(location) = status.location else {
         return Ok(Err("it records no location".into()));
@@ -257,9 +275,20 @@ pub async fn read_backup(
     })
     .await
     .map_err(|error| format!("the check stopped: {error}"));
-    Ok(match opened {
-        Ok(Ok((_, objects))) => Ok(objects),
-        Ok(Err(refusal)) => Err(refusal.to_string()),
-        Err(failure) => Err(failure),
-    })
+    let (manifest, objects) = match opened {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(refusal)) => return Ok(Err(refusal.to_string())),
+        Err(failure) => return Ok(Err(failure)),
+    };
+    for entry in &manifest.dumps {
+        let found = match store.digest(&entry.key, 0).await {
+            Ok(found) => found,
+            Err(error) => return Ok(Err(error.to_string())),
+        };
+        let found = found.as_ref().map(|d| (d.sha256.as_str(), d.bytes));
+        if let Err(refusal) = archive::check_dump(entry, found) {
+            return Ok(Err(refusal.to_string()));
+        }
+    }
+    Ok(Ok(Opened { manifest, objects }))
 }

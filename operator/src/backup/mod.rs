@@ -11,6 +11,8 @@
 //! - [`engine`]: reading the cluster and the stores.
 //! - [`verify`] (pure): restore tests' scratch namespaces, the comparison of the restored
 //!   copy with the backup, and the check Jobs' verdict.
+//! - [`dump`] (pure): data-dump Jobs, their upload Secrets and their keys in the store;
+//!   [`dump_restore`]: download URLs for a `fromBackup` service's `dataRestore` Job.
 //! - [`run_backup`], [`schedule`] (with restore tests), [`probe`]: one controller per kind.
 //! - [`restore`]: the objects of a namespace from the clean restore point.
 //!
@@ -25,7 +27,10 @@
 //! | `resurgo.dev` | `backupschedules`, `backupstores`, `incidents` | get, list, watch | the schedules, stores, and open incidents (which freeze pruning and name restore points) |
 //! | `""` | `secrets` | get | S3 credentials and restore identities, by the names the specs give |
 //! | `""` | `namespaces` | get, list, watch, create, patch, delete | restore tests' scratch namespaces, found again by label after a restart |
-//! | `batch` | `jobs` | get, list, watch, create | restore tests' check Jobs, watched so a finished one ends the test at once |
+//! | `batch` | `jobs` | get, list, watch, create | restore tests' check Jobs and data-dump Jobs, watched so a finished one moves on at once |
+//! | `""` | `secrets` | create, patch | data dumps' upload Secrets (granted for the RecoveryPlan controller already) |
+//! | `""`, `batch` | `secrets`, `jobs` | delete, in the data-dump namespaces only (chart: `backup.dataDumpNamespaces`) | a finished dump's upload Secret; the Jobs of a failed backup that still run |
+//! | `authorization.k8s.io` | `selfsubjectaccessreviews` | create | before a dump starts, whether it may delete there (`system:basic-user` grants it) |
 //! | `networking.k8s.io` | `networkpolicies` | create, patch | the default-deny policy of a scratch namespace |
 //! | `""` (events.k8s.io) | `events` | create, patch | Events |
 //! | (discovery) | non-resource URLs `/api`, `/api/*`, `/apis`, `/apis/*` | get | find the kinds to back up (granted to every authenticated user by `system:discovery`) |
@@ -52,6 +57,8 @@
 
 pub mod archive;
 pub mod cron;
+pub mod dump;
+pub mod dump_restore;
 pub mod engine;
 pub mod probe;
 pub mod restore;
@@ -88,6 +95,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The store could not be read or signed for, for the moment.
+    #[error("{0}")]
+    Store(String),
 }
 
 pub(crate) fn kube_error(

@@ -41,10 +41,56 @@ pub async fn objects(
     service: &Service,
     from: &FromBackup,
 ) -> Result<Result<(Vec<Value>, String), String>, kube::Error> {
-    let namespace = from
-        .source_namespace
+    let namespace = source_namespace(service, from);
+    let (chosen, description) = match choose(client, plan, service, from).await? {
+        Ok(chosen) => chosen,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    let mut wanted: Vec<Value> = chosen
+        .1
+        .iter()
+        .filter(|object| object["metadata"]["namespace"] == namespace.as_str())
+        .filter(|object| {
+            let kind = object["kind"].as_str().unwrap_or_default();
+            from.kinds.is_empty() || from.kinds.iter().any(|k| k == kind)
+        })
+        // Credentials the plan regenerates are never restored: the backup's may be known
+        // to the attacker.
+        .filter(|object| {
+            object["kind"] != "Secret"
+                || !service
+                    .regenerate_secrets
+                    .iter()
+                    .any(|s| object["metadata"]["name"] == s.name.as_str())
+        })
+        .cloned()
+        .collect();
+    wanted
+        .sort_by_key(|object| selection::restore_rank(object["kind"].as_str().unwrap_or_default()));
+    for object in &mut wanted {
+        if let Some(metadata) = object["metadata"].as_object_mut() {
+            metadata.remove("namespace");
+        }
+    }
+    Ok(Ok((wanted, description)))
+}
+
+/// The namespace whose objects (and data dumps) a `fromBackup` service restores.
+pub fn source_namespace(service: &Service, from: &FromBackup) -> String {
+    from.source_namespace
         .clone()
-        .unwrap_or_else(|| service.namespace.clone());
+        .unwrap_or_else(|| service.namespace.clone())
+}
+
+/// The backup a `fromBackup` service restores from, checked, with its objects and a
+/// sentence on the choice: ((backup, objects), description), or why there is none.
+pub async fn choose(
+    client: &Client,
+    plan: &RecoveryPlan,
+    service: &Service,
+    from: &FromBackup,
+) -> Result<Result<((String, Arc<Vec<Value>>), String), String>, kube::Error> {
+    let namespace = source_namespace(service, from);
     let identity = match engine::identity(client, &from.identity_secret_ref).await? {
         Ok(identity) => identity,
         Err(failure) => return Ok(Err(failure)),
@@ -82,35 +128,10 @@ pub async fn objects(
             .unwrap_or_else(|| choice.describe(&namespace)),
         _ => choice.describe(&namespace),
     };
-    let Some(chosen) = objects else {
-        return Ok(Err(description));
-    };
-    let mut wanted: Vec<Value> = chosen
-        .iter()
-        .filter(|object| object["metadata"]["namespace"] == namespace.as_str())
-        .filter(|object| {
-            let kind = object["kind"].as_str().unwrap_or_default();
-            from.kinds.is_empty() || from.kinds.iter().any(|k| k == kind)
-        })
-        // Credentials the plan regenerates are never restored: the backup's may be known
-        // to the attacker.
-        .filter(|object| {
-            object["kind"] != "Secret"
-                || !service
-                    .regenerate_secrets
-                    .iter()
-                    .any(|s| object["metadata"]["name"] == s.name.as_str())
-        })
-        .cloned()
-        .collect();
-    wanted
-        .sort_by_key(|object| selection::restore_rank(object["kind"].as_str().unwrap_or_default()));
-    for object in &mut wanted {
-        if let Some(metadata) = object["metadata"].as_object_mut() {
-            metadata.remove("namespace");
-        }
-    }
-    Ok(Ok((wanted, description)))
+    Ok(match (choice.backup, objects) {
+        (Some(backup), Some(objects)) => Ok(((backup, objects), description)),
+        _ => Err(description),
+    })
 }
 
 /// The rule a service's restore point follows: before the incident's `compromisedSince`

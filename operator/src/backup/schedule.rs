@@ -444,15 +444,20 @@ async fn start_restore_test(
         ))?;
     let opened = match identity {
         Err(failure) => Err(failure),
-        Ok(identity) => engine::read_backup(&ctx.client, &backup, &identity)
+        Ok(identity) => engine::open_backup(&ctx.client, &backup, &identity)
             .await
             .map_err(kube_error("verify", format!("Backup {backup_name}")))?,
     };
-    let objects = match opened {
+    let (objects, dumps) = match opened {
         Err(failure) => return finish(ctx, schedule, &backup_name, Err(failure), &[]).await,
-        Ok(objects) => objects,
+        Ok(opened) => (opened.objects, opened.manifest.dumps.len()),
     };
-    let opened = format!("decrypted; {} objects match the manifest", objects.len());
+    let mut opened = format!("decrypted; {} objects match the manifest", objects.len());
+    if dumps > 0 {
+        opened.push_str(&format!(
+            "; {dumps} data dumps match their SHA-256 in the manifest"
+        ));
+    }
     if !verification.restore {
         return finish(ctx, schedule, &backup_name, Ok(opened), &[]).await;
     }
@@ -932,8 +937,9 @@ async fn create_backup(
     Ok(name)
 }
 
-/// Deletes a backup's files, then its Backup object. A store that refuses (object lock)
-/// keeps both, and says so.
+/// Deletes a backup's files (the manifest first, so that what is left is never taken for a
+/// whole backup; then the objects and the data dumps), then its Backup object. A store
+/// that refuses (object lock) keeps both, and says so.
 async fn prune(ctx: &Context, schedule: &BackupSchedule, backup: &Backup) -> Result<(), Error> {
     let name = backup.name_any();
     let location = backup
@@ -958,8 +964,18 @@ async fn prune(ctx: &Context, schedule: &BackupSchedule, backup: &Backup) -> Res
             return Ok(());
         }
     };
-    for file in [archive::MANIFEST, archive::OBJECTS] {
-        if let Err(error) = store.delete(&format!("{location}{file}")).await
+    let files = [archive::MANIFEST, archive::OBJECTS]
+        .into_iter()
+        .map(|file| format!("{location}{file}"))
+        .chain(
+            backup
+                .spec
+                .data_dumps
+                .iter()
+                .map(|data_dump| super::dump::key(&location, data_dump)),
+        );
+    for file in files {
+        if let Err(error) = store.delete(&file).await
             && !error.is_not_found()
         {
             publish(

@@ -3,10 +3,12 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
 use object_store::{
     ObjectStore, PutMode, PutOptions, PutPayload, aws::AmazonS3Builder, local::LocalFileSystem,
-    path::Path,
+    path::Path, signer::Signer,
 };
+use sha2::{Digest, Sha256};
 
 use crate::api::backup_store::{BackupStoreSpec, StoreType};
 
@@ -27,7 +29,18 @@ impl std::fmt::Debug for Credentials {
 pub struct Store {
     pub kind: StoreType,
     inner: Arc<dyn ObjectStore>,
+    /// What signs pre-signed URLs: S3 only.
+    signer: Option<Arc<dyn Signer>>,
     prefix: String,
+}
+
+/// What [`Store::digest`] found in one stored object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Digest256 {
+    pub sha256: String,
+    pub bytes: u64,
+    /// The object's first bytes, at most the `head` asked for.
+    pub head: Vec<u8>,
 }
 
 /// What went wrong talking to a store, in words for a status message.
@@ -85,6 +98,7 @@ impl Store {
             return Ok(Store {
                 kind: StoreType::Filesystem,
                 inner: Arc::new(inner),
+                signer: None,
                 prefix: String::new(),
             });
         }
@@ -105,12 +119,15 @@ impl Store {
         if let Some(endpoint) = &s3.endpoint {
             builder = builder.with_endpoint(endpoint);
         }
-        let inner = builder
-            .build()
-            .map_err(|error| StoreError::Config(format!("bucket {}: {error}", s3.bucket)))?;
+        let inner = Arc::new(
+            builder
+                .build()
+                .map_err(|error| StoreError::Config(format!("bucket {}: {error}", s3.bucket)))?,
+        );
         Ok(Store {
             kind: StoreType::S3,
-            inner: Arc::new(inner),
+            inner: inner.clone(),
+            signer: Some(inner),
             prefix: s3.prefix.clone().unwrap_or_default(),
         })
     }
@@ -159,6 +176,82 @@ impl Store {
         let result = self.inner.get(&self.path(key)).await.map_err(error)?;
         let bytes = result.bytes().await.map_err(error)?;
         Ok(bytes.to_vec())
+    }
+
+    /// The SHA-256 and size of `key`, read as a stream (a dump may be larger than memory),
+    /// and its first `head` bytes; `None` when there is no such object.
+    pub async fn digest(&self, key: &str, head: usize) -> Result<Option<Digest256>, StoreError> {
+        let error = |source| StoreError::Io {
+            action: "read",
+            path: key.to_owned(),
+            source,
+        };
+        let result = match self.inner.get(&self.path(key)).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(source) => return Err(error(source)),
+        };
+        let mut stream = result.into_stream();
+        let mut hasher = Sha256::new();
+        let mut bytes = 0u64;
+        let mut first = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(error)?;
+            if first.len() < head {
+                let wanted = (head - first.len()).min(chunk.len());
+                first.extend_from_slice(&chunk[..wanted]);
+            }
+            hasher.update(&chunk);
+            bytes += chunk.len() as u64;
+        }
+        let sha256 = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(Some(Digest256 {
+            sha256,
+            bytes,
+            head: first,
+        }))
+    }
+
+    /// Whether `key` exists.
+    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        match self.inner.head(&self.path(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(source) => Err(StoreError::Io {
+                action: "look for",
+                path: key.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// A pre-signed URL for `method` (PUT or GET) on exactly `key`, valid for `valid_for`:
+    /// whoever holds it can do that one thing without the store's credentials. S3 only;
+    /// the URL is a credential and is never logged.
+    pub async fn presign(
+        &self,
+        method: reqwest::Method,
+        key: &str,
+        valid_for: std::time::Duration,
+    ) -> Result<String, StoreError> {
+        let Some(signer) = &self.signer else {
+            return Err(StoreError::Config(
+                "a filesystem store cannot hand out upload or download URLs".into(),
+            ));
+        };
+        signer
+            .signed_url(method, &self.path(key), valid_for)
+            .await
+            .map(|url| url.to_string())
+            .map_err(|source| StoreError::Io {
+                action: "sign a URL for",
+                path: key.to_owned(),
+                source,
+            })
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
