@@ -860,3 +860,143 @@ async fn a_killed_operator_resumes_a_dump_without_running_it_again_and_removes_i
     }
     let _ = std::fs::remove_file(&log);
 }
+
+/// The RecoveryPlan side: a `fromBackup` service's dataRestore Job reads the dumps of the
+/// chosen backup through the URLs the operator gives it, and they leave the cluster when the
+/// Job is done.
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn a_recovery_plans_restore_job_gets_the_dump_urls_and_loses_them_when_done() {
+    install_crds().await;
+    let client = client().await;
+    let var = |n: &str| std::env::var(n).unwrap();
+    let (endpoint, ak, sk) = (
+        var("RESURGO_MINIO_ENDPOINT"),
+        var("RESURGO_MINIO_ACCESS_KEY"),
+        var("RESURGO_MINIO_SECRET_KEY"),
+    );
+    let name = unique_name("wire");
+    let ns = format!("{name}-db");
+    let store = format!("{name}-s3");
+    let spec = json!({"bucket": store, "endpoint": endpoint, "forcePathStyle": true, "allowInsecureHttp": true,
+                      "credentialsSecretRef": {"name": store, "namespace": "default"}});
+    s3::create_bucket(&s3::Target::of(
+        &serde_json::from_value(spec.clone()).unwrap(),
+        &ak,
+        &sk,
+    ))
+    .await
+    .unwrap();
+    apply(
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": store, "namespace": "default"}, "stringData": {"accessKeyId": ak, "secretAccessKey": sk}}),
+    );
+    apply(
+        &json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "BackupStore", "metadata": {"name": store}, "spec": {"s3": spec}}),
+    );
+    apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
+    apply(
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": ns}, "data": {"k": "v"}}),
+    );
+    let (identity, recipient) = archive::generate_identity();
+    let mut job = resurgo_tests::job_spec();
+    job["template"]["metadata"] =
+        json!({"annotations": {"pod-ready.stage.kwok.x-k8s.io/delay": "3s"}});
+    let backup = format!("{name}-bk");
+    apply(
+        &json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "Backup", "metadata": {"name": backup},
+        "spec": {"store": store, "include": {"namespaces": [ns]}, "dataDumps": [{"namespace": ns, "name": "pg", "spec": job}],
+                 "encryption": {"recipients": [recipient]}}}),
+    );
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    let upload = dump::secret_name(&dump::job_name(&backup, "pg"));
+    let url = loop {
+        if let Some(s) = secrets.get_opt(&upload).await.unwrap()
+            && let Some(u) = s.data.unwrap_or_default().get("url")
+        {
+            break String::from_utf8(u.0.clone()).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let payload = archive::encrypt_to(b"rows", &recipient).unwrap();
+    assert!(
+        reqwest::Client::new()
+            .put(&url)
+            .body(payload.clone())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    let backups = Api::<Backup>::all(client.clone());
+    loop {
+        let st = backups
+            .get(&backup)
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default();
+        if st.phase == Some(BackupPhase::Completed) {
+            break;
+        }
+        assert_ne!(st.phase, Some(BackupPhase::Failed), "{st:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    apply(
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "identity", "namespace": ns}, "stringData": {"identity": identity}}),
+    );
+    let target = format!("{name}-rebuilt");
+    let mut restore = resurgo_tests::job_spec();
+    restore["template"]["metadata"] =
+        json!({"annotations": {"pod-ready.stage.kwok.x-k8s.io/delay": "4s"}});
+    apply(
+        &json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "RecoveryPlan", "metadata": {"name": format!("{name}-plan")},
+        "spec": {"tiers": [{"name": "clinical", "rto": "4h"}],
+                 "services": [{"name": "records", "tier": "clinical", "namespace": target,
+                   "workload": {"fromBackup": {"backup": backup, "sourceNamespace": ns, "identitySecretRef": {"name": "identity", "namespace": ns}}},
+                   "dataRestore": {"name": "load", "spec": restore}}]}}),
+    );
+    let target_secrets = Api::<Secret>::namespaced(client.clone(), &target);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let get_url = loop {
+        if let Ok(Some(s)) = target_secrets.get_opt("records-load-dumps").await
+            && let Some(u) = s.data.unwrap_or_default().get("RESURGO_DUMP_PG_URL")
+        {
+            break String::from_utf8(u.0.clone()).unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no dumps Secret");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        reqwest::get(&get_url)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec(),
+        payload
+    );
+    let job = Api::<Job>::namespaced(client.clone(), &target)
+        .get("records-load")
+        .await
+        .unwrap();
+    let v = serde_json::to_value(&job).unwrap();
+    assert_eq!(
+        v["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["secretRef"]["name"],
+        "records-load-dumps"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while target_secrets
+        .get_opt("records-load-dumps")
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dumps Secret stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

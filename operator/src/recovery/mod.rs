@@ -68,6 +68,7 @@ use crate::{
             ServiceStatus, Trigger,
         },
     },
+    backup::dump_restore,
     incident,
     labels::{self, FIELD_MANAGER},
     metrics::Metrics,
@@ -124,6 +125,8 @@ pub struct Context {
     /// What each ready service's workload is made of, per (plan, service), for the plan's
     /// uid and generation it was read at (see [`workload_present`]).
     identities: std::sync::Mutex<HashMap<(String, String), Identities>>,
+    /// The finished restore Jobs whose dump URLs were removed (see [`forget_dump_urls`]).
+    forgotten: std::sync::Mutex<HashSet<(String, String)>>,
     /// The restore point last reported per (plan, service) of a `fromBackup` workload.
     restore_points: Mutex<BTreeMap<(String, String), String>>,
     /// The plans this operator reconciles, metadata only, as the Controller's watch sees them.
@@ -177,6 +180,7 @@ pub async fn run(shared: Shared) {
             lost,
         },
         identities: Default::default(),
+        forgotten: Default::default(),
         restore_points: Mutex::default(),
         plans: plans.clone(),
         specs: Mutex::default(),
@@ -752,6 +756,12 @@ async fn advance(
                 &plan_name,
                 &service.name,
                 "restore",
+                // Taken from a backup: the Job gets the backup's data dumps.
+                service
+                    .workload
+                    .as_ref()
+                    .is_some_and(|w| w.from_backup.is_some())
+                    .then_some((plan, service)),
             )
             .await?;
             if !reached(record, restore, ServicePhase::RestoringData) {
@@ -786,7 +796,16 @@ async fn advance(
     for check in checks {
         if !reached(
             record,
-            run_job(ctx, check, namespace, &plan_name, &service.name, "check").await?,
+            run_job(
+                ctx,
+                check,
+                namespace,
+                &plan_name,
+                &service.name,
+                "check",
+                None,
+            )
+            .await?,
             ServicePhase::Verifying,
         ) {
             return Ok(());
@@ -811,7 +830,9 @@ fn reached(record: &mut ServiceStatus, step: readiness::Readiness, waiting: Serv
     false
 }
 
-/// Creates the Job when it does not exist yet, and says how far it is.
+/// Creates the Job when it does not exist yet, and says how far it is. The restore Job of
+/// a `fromBackup` service (`dumps`) gets download URLs for the chosen backup's data dumps,
+/// removed once it is done.
 async fn run_job(
     ctx: &Context,
     template: &crate::api::common::JobTemplate,
@@ -819,15 +840,37 @@ async fn run_job(
     plan: &str,
     service: &str,
     part: &str,
+    dumps: Option<(&RecoveryPlan, &Service)>,
 ) -> Result<readiness::Readiness, Error> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
     let name = desired::job_name(service, &template.name);
     // From the cache, which the Job's watch fills before it wakes the reconcile; a Job it
     // has not seen yet is refused as existing below, and then read.
     if let Some(job) = ctx.created.get("Job", namespace, &name) {
-        return Ok(readiness::of(&job));
+        let state = readiness::of(&job);
+        if dumps.is_some() && !matches!(state, readiness::Readiness::Progressing(_)) {
+            forget_dump_urls(ctx, namespace, &name).await?;
+        }
+        return Ok(state);
     }
-    let job = match desired::job(template, namespace, plan, service, part) {
+    let mut dump_urls = None;
+    if let Some((whole, of)) = dumps {
+        match dump_restore::prepare(&ctx.client, whole, of, template, &name, namespace)
+            .await
+            .map_err(kube_error(
+                "sign the dump URLs of",
+                format!("Job {namespace}/{name}"),
+            ))? {
+            Ok(source) => dump_urls = source,
+            Err(message) => {
+                return Ok(readiness::Readiness::Failed(format!(
+                    "{part} job {}: no data dumps to give it: {message}",
+                    template.name
+                )));
+            }
+        }
+    }
+    let mut job = match desired::job(template, namespace, plan, service, part) {
         Ok(job) => job,
         Err(error) => {
             return Ok(readiness::Readiness::Failed(format!(
@@ -836,6 +879,9 @@ async fn run_job(
             )));
         }
     };
+    if let (Some(source), Some(spec)) = (&dump_urls, job.spec.as_mut()) {
+        dump_restore::add_env_from(spec, source);
+    }
     match jobs.create(&PostParams::default(), &job).await {
         Ok(_) => Ok(readiness::Readiness::Progressing(format!(
             "Job {name} created"
@@ -862,6 +908,23 @@ async fn run_job(
             error,
         )),
     }
+}
+
+/// Removes the dump download URLs of a finished restore Job, once per Job while this
+/// operator runs (again after a restart: deleting what is gone costs one request).
+async fn forget_dump_urls(ctx: &Context, namespace: &str, job: &str) -> Result<(), Error> {
+    let key = (namespace.to_owned(), job.to_owned());
+    if ctx.forgotten.lock().expect("never poisoned").contains(&key) {
+        return Ok(());
+    }
+    dump_restore::forget(&ctx.client, namespace, job)
+        .await
+        .map_err(kube_error(
+            "remove the dump URLs of",
+            format!("Job {namespace}/{job}"),
+        ))?;
+    ctx.forgotten.lock().expect("never poisoned").insert(key);
+    Ok(())
 }
 
 /// The manifests of a service's workload, or why they cannot be had (a plan problem the
