@@ -30,7 +30,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams},
     runtime::{
         controller::Action,
         events::{Event, EventType},
@@ -151,8 +151,10 @@ pub async fn run(shared: Shared) {
                 })
             },
         )
+        // Metadata only: every status write of a 1,000-service plan is a 1 MB object, and
+        // what a trigger needs is its name and labels.
         .watches(
-            Api::<RecoveryPlan>::all(client.clone()),
+            Api::<PartialObjectMeta<RecoveryPlan>>::all(client.clone()),
             watcher::Config::default(),
             move |plan| {
                 // A drill's copy belongs to its incident; a real plan to those naming it.

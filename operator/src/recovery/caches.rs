@@ -25,14 +25,14 @@ use serde_json::Value;
 use super::{PlanMeta, plan_of};
 use crate::{labels, operator::TriggerBackoff};
 
-/// The plans' workloads as their watches last saw them, slimmed (see [`slim`]): what a
+/// The plans' workloads as their watches last saw them, slimmed (see [`Slim`]): what a
 /// reconcile needs of them is whether they exist and how ready they are, and that it can
 /// read here instead of asking the API server once per service per reconcile.
 pub(super) struct Created {
     pub(super) deployments: Store<Deployment>,
     pub(super) stateful_sets: Store<StatefulSet>,
     pub(super) daemon_sets: Store<DaemonSet>,
-    /// Workload Jobs, and the dataRestore and check Jobs (see [`run_job`]).
+    /// Workload Jobs, and the dataRestore and check Jobs (see `run_job`).
     pub(super) jobs: Store<Job>,
     /// Every other namespaced kind found in a workload, metadata only, by `apiVersion/kind`.
     /// Its watch starts when a workload first names the kind (see [`Created::watch`]).

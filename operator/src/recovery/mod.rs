@@ -204,7 +204,7 @@ pub async fn run(shared: Shared) {
             .forward(changes_tx)
             .map(|_| tracing::debug!("the plans' watch ended")),
     );
-    shared.kind_listed(Api::<RecoveryPlan>::all(client.clone()));
+    shared.kind_listed(Api::<PlanMeta>::all(client.clone()));
     let controller = Controller::for_stream(changes_rx, plans);
     // Until the first lists are in, every workload would look deleted and be rebuilt.
     // They fill as the controller polls their watches, so a reconcile waits, not `run`.
@@ -321,24 +321,26 @@ async fn reconcile(meta: Arc<PlanMeta>, ctx: Arc<Context>) -> Result<Action, Err
     // by side: at a tier boundary hundreds start at once.
     let mut first_error: Option<Error> = None;
     let mut services = known_services(plan, &previous);
-    let started: Vec<(&Service, ServiceStatus)> = plan
+    // By index: the steps are made as the stream reaches them (a thousand made up front
+    // were the largest memory of a reconcile, each with room for every request it may
+    // make), and a stream of borrowed services would not be `Send` for every lifetime.
+    let started: Vec<(usize, ServiceStatus)> = plan
         .spec
         .services
         .iter()
-        .map(|service| (service, services[&service.name].clone()))
+        .enumerate()
+        .map(|(index, service)| (index, services[&service.name].clone()))
         .filter(|(_, record)| is_started(record.phase))
         .collect();
-    let advancing: Vec<_> = started
-        .into_iter()
-        .map(|(service, mut record)| {
+    let advanced = futures::stream::iter(started)
+        .map(|(index, mut record)| {
             let ctx = &ctx;
+            let service = &plan.spec.services[index];
             async move {
                 let result = advance(ctx, plan, service, &mut record, now).await;
                 (record, result)
             }
         })
-        .collect();
-    let advanced = futures::stream::iter(advancing)
         .buffer_unordered(SERVICES_IN_FLIGHT)
         .collect::<Vec<_>>()
         .await;
@@ -367,26 +369,24 @@ async fn reconcile(meta: Arc<PlanMeta>, ctx: Arc<Context>) -> Result<Action, Err
         }
     } else {
         // In the planner's order (longest chain first): `buffered` starts them in that order.
-        let specs: HashMap<&str, &Service> = plan
+        let index: HashMap<&str, usize> = plan
             .spec
             .services
             .iter()
-            .map(|service| (service.name.as_str(), service))
+            .enumerate()
+            .map(|(index, service)| (service.name.as_str(), index))
             .collect();
-        let starting: Vec<(&Service, ServiceStatus)> = steps
+        let starting: Vec<(usize, ServiceStatus)> = steps
             .start
             .iter()
             .take(room)
-            .map(|name| {
-                let service = specs[name.as_str()];
-                (service, services[name].clone())
-            })
+            .map(|name| (index[name.as_str()], services[name].clone()))
             .collect();
-        let starting: Vec<_> = starting
-            .into_iter()
-            .map(|(service, mut record)| {
+        let started = futures::stream::iter(starting)
+            .map(|(index, mut record)| {
                 let ctx = &ctx;
                 let known = &known;
+                let service = &plan.spec.services[index];
                 async move {
                     let result = match ready_to_start(ctx, plan, service, &mut record).await {
                         Ok(true) => match start(ctx, known, service, &mut record, now).await {
@@ -399,8 +399,6 @@ async fn reconcile(meta: Arc<PlanMeta>, ctx: Arc<Context>) -> Result<Action, Err
                     (record, result)
                 }
             })
-            .collect();
-        let started = futures::stream::iter(starting)
             .buffered(SERVICES_IN_FLIGHT)
             .collect::<Vec<_>>()
             .await;
@@ -1131,8 +1129,16 @@ async fn write_status(ctx: &Context, plan: &RecoveryPlan, status: &RecoveryPlanS
         .lock()
         .await
         .insert(name.clone(), (plan.uid(), status.clone()));
-    // A new phase (Recovered, Failed, ...) is what `kubectl wait` and the Incident wait for.
-    let urgent = previous.is_none_or(|(_, previous)| previous.phase != status.phase);
+    // A new phase of the plan (Recovered, Failed, ...) is what `kubectl wait` and the
+    // Incident wait for; a new phase of a tier is the milestone `kubectl get` and
+    // `resurgo status` show. Neither waits for the pause between writes.
+    let phases = |status: &RecoveryPlanStatus| {
+        (
+            status.phase,
+            status.tiers.iter().map(|t| t.phase).collect::<Vec<_>>(),
+        )
+    };
+    let urgent = previous.is_none_or(|(_, previous)| phases(&previous) != phases(status));
     ctx.outbox.status(name, plan.uid(), status.clone(), urgent);
 }
 

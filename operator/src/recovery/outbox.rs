@@ -11,7 +11,7 @@
 //! every Event of the recovery. Statuses are coalesced: only the newest per plan is written.
 //! A write that fails is retried (with a pause) unless a newer status replaced it; one
 //! refused because the plan was deleted, or recreated under another uid, is dropped.
-//! Writes are paced: after a write the task waits three times as long as the write took (at
+//! Writes are paced: after a write the task waits five times as long as the write took (at
 //! most 5 s), unless the plan's phase changed.
 
 use std::{
@@ -180,11 +180,11 @@ impl Outbox {
                 if failed {
                     tokio::time::sleep(RETRY_AFTER).await;
                 } else if wrote {
-                    // Three times as long before the next write: a large plan's status
-                    // costs the API server most of a second of CPU, and back-to-back writes
+                    // Five times as long before the next write: a large plan's status
+                    // costs the API server half a second of CPU, and back-to-back writes
                     // would keep a core busy that the recovery itself needs. What comes
                     // meanwhile is coalesced into one write.
-                    let pause = tokio::time::sleep((writing.elapsed() * 3).min(MAX_PAUSE));
+                    let pause = tokio::time::sleep((writing.elapsed() * 5).min(MAX_PAUSE));
                     tokio::select! {
                         () = pause => {}
                         () = self.hurry.notified() => {}
