@@ -424,11 +424,24 @@ fn catalogue(n: &Names) -> Vec<Case> {
         Proof::NoScheduledRun,
     );
     add(
+        "a store that does not exist",
+        schedule(name, &format!("{name}-nowhere"), json!({})),
+        condition(
+            "Ready",
+            "False",
+            "StoreNotFound",
+            format!(
+                "spec.store: BackupStore {name}-nowhere not found: no backup is planned until it exists"
+            ),
+        ),
+        Proof::NoScheduledRun,
+    );
+    add(
         "a cron that never fires (30 February)",
         schedule(name, store, json!({"schedule": "0 0 30 2 *"})),
         stalled(
             "InvalidSchedule",
-            "cron expression \"0 0 30 2 *\" has no next run: CronScheduler time search limit exceeded.",
+            "spec.schedule: cron expression \"0 0 30 2 *\" never fires (no such date, such as 30 February?): CronScheduler time search limit exceeded.",
         ),
         Proof::NoScheduledRun,
     );

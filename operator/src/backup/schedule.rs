@@ -43,6 +43,7 @@ use crate::{
     api::{
         backup::{Backup, BackupPhase, BackupSpec, VerificationState},
         backup_schedule::{BackupSchedule, BackupScheduleStatus, Verification},
+        backup_store::BackupStore,
         common::JobTemplate,
         incident::{Incident, IncidentState},
     },
@@ -68,6 +69,7 @@ pub async fn run(shared: Shared) {
     });
     let controller = shared.controller(Api::<BackupSchedule>::all(client.clone()));
     let schedules = controller.store();
+    let naming_store = schedules.clone();
     if let Err(error) = sweep_scratch(&client).await {
         warn!(%error, "could not sweep leftover scratch namespaces");
     }
@@ -85,6 +87,20 @@ pub async fn run(shared: Shared) {
                     .labels()
                     .get(SCHEDULE_LABEL)
                     .map(|name| ObjectRef::new(name))
+            },
+        )
+        // A store appearing (or changing) lets the schedules that name it plan their runs.
+        .watches(
+            Api::<BackupStore>::all(client.clone()),
+            watcher::Config::default(),
+            move |store: BackupStore| {
+                let name = store.name_any();
+                naming_store
+                    .state()
+                    .iter()
+                    .filter(|s| s.spec.store == name)
+                    .map(|s| ObjectRef::from_obj(&**s))
+                    .collect::<Vec<_>>()
             },
         )
         // A check Job finishing moves its restore test on at once.
@@ -157,7 +173,34 @@ async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<A
     let mut status = previous.clone();
     status.observed_generation = generation;
 
-    let next_after = |after: Timestamp| cron::next_run(&spec.schedule.0, &spec.time_zone, after);
+    let next_after = |after: Timestamp| {
+        cron::next_run("spec.schedule", &spec.schedule.0, &spec.time_zone, after)
+    };
+    // Every backup would fail without its store: nothing is planned until it exists, and
+    // its watch brings the schedule back when it does.
+    if Api::<BackupStore>::all(ctx.client.clone())
+        .get_opt(&spec.store)
+        .await
+        .map_err(kube_error("read", format!("BackupStore {}", spec.store)))?
+        .is_none()
+    {
+        status.next_run = None;
+        let why = format!(
+            "spec.store: BackupStore {} not found: no backup is planned until it exists",
+            spec.store
+        );
+        status.conditions = conditions(
+            &previous.conditions,
+            generation,
+            now,
+            &[
+                ("Ready", false, "StoreNotFound", why),
+                ("Stalled", false, "StoreNotFound", String::new()),
+            ],
+        );
+        write_status(&ctx, &name, &uid, &previous, status).await?;
+        return Ok(Action::await_change());
+    }
     let mut requeue = None;
     match next_after(now) {
         Err(problem) => {
@@ -214,7 +257,12 @@ async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<A
     // progress goes on whatever the cron says; without `verification`, leftovers go.
     let mut test_due = false;
     if let Some(verification) = &spec.verification {
-        match cron::next_run(&verification.schedule.0, &spec.time_zone, now) {
+        match cron::next_run(
+            "spec.verification.schedule",
+            &verification.schedule.0,
+            &spec.time_zone,
+            now,
+        ) {
             Err(problem) => {
                 publish(
                     &ctx,
@@ -296,25 +344,39 @@ async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<A
         prune(&ctx, &schedule, backup).await?;
     }
 
-    if status != previous {
-        let patch = json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "BackupSchedule", "status": status});
-        Api::<BackupSchedule>::all(ctx.client.clone())
-            .patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-            .map_err(kube_error(
-                "write status of",
-                format!("BackupSchedule {name}"),
-            ))?;
-        ctx.written
-            .lock()
-            .expect("not poisoned")
-            .insert(uid, status);
-    }
+    write_status(&ctx, &name, &uid, &previous, status).await?;
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Writes the schedule's status when it changed, and keeps it as this operator's truth.
+async fn write_status(
+    ctx: &Context,
+    name: &str,
+    uid: &str,
+    previous: &BackupScheduleStatus,
+    status: BackupScheduleStatus,
+) -> Result<(), Error> {
+    if status == *previous {
+        return Ok(());
+    }
+    let patch =
+        json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "BackupSchedule", "status": status});
+    Api::<BackupSchedule>::all(ctx.client.clone())
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(kube_error(
+            "write status of",
+            format!("BackupSchedule {name}"),
+        ))?;
+    ctx.written
+        .lock()
+        .expect("not poisoned")
+        .insert(uid.to_owned(), status);
+    Ok(())
 }
 
 /// What a restore-test step achieved.
