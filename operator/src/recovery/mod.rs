@@ -1091,7 +1091,7 @@ async fn workload_present(
             identities
         }
     };
-    workload::present(ctx, &identities).await
+    workload::present(ctx, &plan.name_any(), &service.name, &identities).await
 }
 
 /// When the earliest running service times out, so that its failure is noticed on time.

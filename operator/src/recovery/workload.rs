@@ -2,23 +2,29 @@
 //! whether it is ready.
 //!
 //! What exists is read from the operator's caches of the plans' objects (see
-//! [`super::Created`]), not from the API server: a service restored from a backup can have
-//! thousands of objects, and a plan a thousand services. The missing objects are created
+//! [`super::Created`]), and only where no filled cache holds a kind, with one list per kind
+//! by the service's labels: never one read per object, since a service restored from a
+//! backup can have thousands of objects, and a plan a thousand services. The missing
+//! objects are created
 //! concurrently, rank by rank (ServiceAccounts, Secrets and ConfigMaps before the workloads
 //! that mount them; see [`restore_rank`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures::StreamExt;
 use kube::{
     Api,
-    api::{DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
+    api::{DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams},
     discovery::{self, Scope},
 };
 use serde_json::Value;
 
 use super::{Context, Error, desired, kube_error, readiness::Readiness};
-use crate::{api::recovery_plan::Service, backup::selection::restore_rank, labels::FIELD_MANAGER};
+use crate::{
+    api::recovery_plan::Service,
+    backup::selection::restore_rank,
+    labels::{self, FIELD_MANAGER},
+};
 
 /// How many objects of one service are applied at once.
 const APPLIES_IN_FLIGHT: usize = 32;
@@ -44,7 +50,7 @@ pub(super) async fn apply(
     // A workload the caches miss is simply created: one that exists after all (made a
     // moment ago, not seen yet) answers AlreadyExists and is applied over, which costs less
     // than a list before every start.
-    let mut current = existing(ctx, &apis, &wanted).await?;
+    let mut current = existing(ctx, &apis, plan, &service.name, &wanted).await?;
 
     let mut ranks: BTreeMap<u8, Vec<&Wanted>> = BTreeMap::new();
     for item in wanted
@@ -129,10 +135,17 @@ pub(super) async fn identities(
 
 /// Whether every object of a ready service's workload still exists.
 ///
-/// The caches answer (see [`super::Created::has`]); what they do not show is read from the
-/// API server, object by object, before the service is called lost: a cache can lag behind
-/// a create, and a rebuild for nothing would restart the service's order.
-pub(super) async fn present(ctx: &Context, identities: &[Identity]) -> Result<bool, Error> {
+/// The caches answer (see [`super::Created::has`]); what they do not show is asked of the
+/// API server, one consistent list per kind by the service's labels, before the service is
+/// called lost: a cache can lag behind a create (or still be filling, after a restart), and
+/// a rebuild for nothing would restart the service's order.
+pub(super) async fn present(
+    ctx: &Context,
+    plan: &str,
+    service: &str,
+    identities: &[Identity],
+) -> Result<bool, Error> {
+    let mut unsure: BTreeMap<(&str, &str, &str), Vec<&str>> = BTreeMap::new();
     for identity in identities {
         let Identity {
             api_version,
@@ -140,32 +153,72 @@ pub(super) async fn present(ctx: &Context, identities: &[Identity]) -> Result<bo
             namespace,
             name,
         } = identity;
-        if ctx.created.has(api_version, kind, namespace, name) == Some(true) {
-            continue;
+        if ctx.created.has(api_version, kind, namespace, name) != Some(true) {
+            unsure
+                .entry((api_version, kind, namespace))
+                .or_default()
+                .push(name);
         }
-        let api = match object_api(
-            ctx,
-            &identity.api_version,
-            &identity.kind,
-            &identity.namespace,
-        )
-        .await?
-        {
+    }
+    for ((api_version, kind, namespace), names) in unsure {
+        let api = match object_api(ctx, api_version, kind, namespace).await? {
             Ok(api) => api,
             // Not servable any more: nothing a rebuild could fix.
             Err(_) => continue,
         };
-        let what = format!("{} {}/{}", identity.kind, identity.namespace, identity.name);
-        if api
-            .get_metadata_opt(&identity.name)
-            .await
-            .map_err(kube_error("read", what))?
-            .is_none()
-        {
+        let found = names_of(&api, plan, service, kind, &names, true).await?;
+        if names.iter().any(|name| !found.contains(*name)) {
             return Ok(false);
         }
     }
     Ok(true)
+}
+
+/// Which of `names` exist, asked of the API server: one list by the service's labels
+/// (consistent, or from the API server's watch cache), or, for Secrets, which the operator
+/// may not list, one read each.
+async fn names_of(
+    api: &Api<DynamicObject>,
+    plan: &str,
+    service: &str,
+    kind: &str,
+    names: &[&str],
+    consistent: bool,
+) -> Result<BTreeSet<String>, Error> {
+    let what = format!("{kind}s of service {service}");
+    if kind == "Secret" {
+        let mut found = BTreeSet::new();
+        for name in names {
+            if api
+                .get_metadata_opt(name)
+                .await
+                .map_err(kube_error("read", format!("Secret {name}")))?
+                .is_some()
+            {
+                found.insert((*name).to_owned());
+            }
+        }
+        return Ok(found);
+    }
+    let selector = format!(
+        "{}={plan},{}={service},{}=workload",
+        labels::PLAN,
+        labels::SERVICE,
+        labels::PART
+    );
+    let mut params = ListParams::default().labels(&selector);
+    if !consistent {
+        params = params.match_any();
+    }
+    let list = api
+        .list_metadata(&params)
+        .await
+        .map_err(kube_error("list", what))?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter_map(|object| object.metadata.name)
+        .collect())
 }
 
 /// The manifests as the service applies them, and the API of each kind; or why one cannot
@@ -209,16 +262,18 @@ async fn resolve(
 /// The service's objects that exist, by (kind key, name): whole for the kinds with a
 /// status, which the caches hold whole, else just their kind and name.
 ///
-/// The caches answer (see [`super::Created`]); the API server is asked, by name, only
-/// about kinds no filled cache holds. An object the caches miss is taken as missing: if it
-/// exists after all (made a moment ago, not seen yet), its create is refused as existing
-/// and it is applied over, which costs less than a read before every start.
+/// The caches answer (see [`super::Created`]). A kind no filled cache holds is listed
+/// once by the service's labels, from the API server's watch cache: a stale answer only
+/// costs a create refused as existing, which is then applied over.
 async fn existing(
     ctx: &Context,
     apis: &BTreeMap<String, Api<DynamicObject>>,
+    plan: &str,
+    service: &str,
     wanted: &[Wanted],
 ) -> Result<BTreeMap<(String, String), Value>, Error> {
     let mut found = BTreeMap::new();
+    let mut unknown: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
     for item in wanted {
         let api_version = item.object["apiVersion"].as_str().unwrap_or_default();
         let kind = item.object["kind"].as_str().unwrap_or_default();
@@ -233,18 +288,22 @@ async fn existing(
         if super::Created::holds(kind) {
             continue;
         }
-        let exists = match ctx.created.has(api_version, kind, namespace, &item.name) {
-            Some(exists) => exists,
-            // No cache of the kind (Secrets, or one still filling): asked by name.
-            None => apis[&item.key]
-                .get_metadata_opt(&item.name)
-                .await
-                .map_err(kube_error("read", describe(&item.object)))?
-                .is_some(),
-        };
-        if exists {
-            let value = serde_json::json!({"kind": kind, "metadata": {"name": item.name}});
-            found.insert(at, value);
+        match ctx.created.has(api_version, kind, namespace, &item.name) {
+            Some(true) => {
+                let value = serde_json::json!({"kind": kind, "metadata": {"name": item.name}});
+                found.insert(at, value);
+            }
+            Some(false) => {}
+            None => unknown
+                .entry((item.key.as_str(), kind))
+                .or_default()
+                .push(&item.name),
+        }
+    }
+    for ((key, kind), names) in unknown {
+        for name in names_of(&apis[key], plan, service, kind, &names, false).await? {
+            let value = serde_json::json!({"kind": kind, "metadata": {"name": name}});
+            found.insert((key.to_owned(), name), value);
         }
     }
     Ok(found)
