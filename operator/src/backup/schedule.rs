@@ -185,6 +185,8 @@ async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<A
         .is_none()
     {
         status.next_run = None;
+        // An Incident waits for every schedule to say pruning is frozen, this one too.
+        status.pruning_frozen = pruning_frozen(&ctx, &schedule).await?;
         let why = format!(
             "spec.store: BackupStore {} not found: no backup is planned until it exists",
             spec.store
