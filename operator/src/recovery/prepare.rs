@@ -24,12 +24,13 @@ use crate::{
     planner,
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 /// How far a service's ground was prepared ahead of its turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Preparation {
     Running,
     Done,
-    /// Its workload cannot be had now: it is not prepared, and fails at its turn.
+    /// Not prepared: not a Rebuild, restored from a backup, or its workload cannot be had
+    /// now (it then fails at its turn, without a namespace).
     Skipped,
 }
 
