@@ -14,7 +14,7 @@ use std::{collections::BTreeMap, time::Duration};
 use k8s_openapi::{
     api::{
         batch::v1::{Job, JobSpec},
-        core::v1::{EnvVar, EnvVarSource, Secret, SecretKeySelector},
+        core::v1::{Container, EnvVar, EnvVarSource, Secret, SecretKeySelector},
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
     jiff::{SignedDuration, Timestamp},
@@ -170,12 +170,7 @@ pub fn job(
             ..Default::default()
         },
     ];
-    let pod = spec.template.spec.get_or_insert_with(Default::default);
-    let containers = pod
-        .containers
-        .iter_mut()
-        .chain(pod.init_containers.iter_mut().flatten());
-    for container in containers {
+    for container in containers_mut(&mut spec) {
         let vars = container.env.get_or_insert_with(Vec::new);
         vars.retain(|v| ![URL_ENV, RECIPIENTS_ENV, KEY_ENV].contains(&v.name.as_str()));
         vars.extend(env.iter().cloned());
@@ -297,6 +292,15 @@ pub fn check_upload(
             .err()
             .map(|why| format!("{which}: the file it uploaded to {key} is refused: {why}")),
     }
+}
+
+/// Every container and init container of a Job's pod: what the operator gives a Job (its
+/// upload or download URLs) must reach whichever of them does the work.
+pub fn containers_mut(spec: &mut JobSpec) -> impl Iterator<Item = &mut Container> {
+    let pod = spec.template.spec.get_or_insert_with(Default::default);
+    pod.containers
+        .iter_mut()
+        .chain(pod.init_containers.iter_mut().flatten())
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams},
 };
 
-use super::{archive, engine, restore};
+use super::{archive, dump, engine, restore};
 use crate::{
     api::{
         common::JobTemplate,
@@ -82,12 +82,7 @@ pub fn env_from(job: &str) -> EnvFromSource {
 
 /// Adds `source` to every container and init container of the spec.
 pub fn add_env_from(spec: &mut JobSpec, source: &EnvFromSource) {
-    let pod = spec.template.spec.get_or_insert_with(Default::default);
-    let containers = pod
-        .containers
-        .iter_mut()
-        .chain(pod.init_containers.iter_mut().flatten());
-    for container in containers {
+    for container in dump::containers_mut(spec) {
         let sources = container.env_from.get_or_insert_with(Vec::new);
         if !sources.contains(source) {
             sources.push(source.clone());

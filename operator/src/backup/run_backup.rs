@@ -519,6 +519,17 @@ async fn run_dumps(
             "spec.dataDumps[{index}] ({}/{})",
             data_dump.namespace, data_dump.job.name
         );
+        let mut fail = |why: String, statuses: &mut Vec<DumpStatus>| {
+            statuses.push(dump::status(
+                data_dump,
+                &job_name,
+                &key,
+                DumpPhase::Failed,
+                None,
+                Some(why.clone()),
+            ));
+            failure = Some(why);
+        };
         let jobs = Api::<Job>::namespaced(ctx.client.clone(), &data_dump.namespace);
         let existing = if recorded.is_some_and(|r| r.phase == DumpPhase::Completed) {
             None
@@ -531,35 +542,18 @@ async fn run_dumps(
         if let Some(job) = &existing
             && !dump::owned_by(job, &uid)
         {
-            let why = format!(
-                "{which}: a Job {}/{job_name} exists that this Backup did not create: delete it, or rename the dump",
-                data_dump.namespace
+            fail(
+                format!(
+                    "{which}: a Job {}/{job_name} exists that this Backup did not create: delete it, or rename the dump",
+                    data_dump.namespace
+                ),
+                &mut statuses,
             );
-            statuses.push(dump::status(
-                data_dump,
-                &job_name,
-                &key,
-                DumpPhase::Failed,
-                None,
-                Some(why.clone()),
-            ));
-            failure = Some(why);
             continue;
         }
         let state = existing
             .as_ref()
             .map(|job| verify::job_state(&serde_json::to_value(job).unwrap_or_default()));
-        let mut fail = |why: String, statuses: &mut Vec<DumpStatus>| {
-            statuses.push(dump::status(
-                data_dump,
-                &job_name,
-                &key,
-                DumpPhase::Failed,
-                None,
-                Some(why.clone()),
-            ));
-            failure = Some(why);
-        };
         match dump::step(index, data_dump, &job_name, state.as_ref(), recorded, now) {
             dump::Step::Done => {
                 let done = recorded.expect("a completed dump is recorded").clone();
