@@ -116,6 +116,11 @@ struct Args {
     #[arg(long)]
     dry_run: bool,
 
+    /// Only write each scenario's plan as JSON to PATH-<scenario>.json, to apply or profile
+    /// it by hand; start nothing.
+    #[arg(long, value_name = "PATH")]
+    write_plans: Option<PathBuf>,
+
     /// Instead of the scenarios, run the chaos loop: N recoveries of a 7-service plan in 3
     /// tiers, each with the operator killed (kill -9) at a random moment and restarted, then
     /// one undisturbed recovery; prints a table of the trials and the invariants violated.
@@ -203,6 +208,15 @@ async fn run(args: &Args, root: &Path, teardown: &mut Teardown) -> Result<()> {
             max_deps: args.max_deps,
             max_parallel: args.max_parallel,
         })?);
+    }
+    if let Some(path) = &args.write_plans {
+        for scenario in &scenarios {
+            let file = PathBuf::from(format!("{}-{}.json", path.display(), scenario.name));
+            std::fs::write(&file, serde_json::to_vec_pretty(&scenario.plan)?)
+                .with_context(|| format!("write {}", file.display()))?;
+            println!("{}", file.display());
+        }
+        return Ok(());
     }
     if args.dry_run {
         for scenario in &scenarios {
@@ -778,6 +792,44 @@ impl Report {
             "",
             "(services taking as long as they took)",
         );
+        if let Some(first) = a.chain.first() {
+            let (waited, expected, in_cluster) = a.chain_totals();
+            row(
+                &mut out,
+                &format!(
+                    "the chain that finished last, as it ran ({} services)",
+                    a.chain.len()
+                ),
+                format!("{:.3} s", a.last_ready),
+                "",
+                &format!(
+                    "(from {} to {})",
+                    first.service,
+                    a.chain[a.chain.len() - 1].service
+                ),
+            );
+            row(
+                &mut out,
+                "  ... its expected durations",
+                format!("{expected:.3} s"),
+                "",
+                "",
+            );
+            row(
+                &mut out,
+                "  ... its starts after their last prerequisite (operator)",
+                format!("{waited:.3} s"),
+                "",
+                &format!("(the first, from the apply: {})", ms(first.start_latency)),
+            );
+            row(
+                &mut out,
+                "  ... its time in the cluster beyond expected (cluster)",
+                format!("{in_cluster:.3} s"),
+                "",
+                "",
+            );
+        }
         if let Some(s) = summary(&self.cluster_latency) {
             row(
                 &mut out,

@@ -345,6 +345,36 @@ pub struct Analysis {
     pub last_ready: f64,
     /// Services of the plan the watches never saw ready.
     pub missing: Vec<String>,
+    /// The chain that finished last, as it ran, from its first service to the last service
+    /// ready: each link's prerequisite that was ready last is the link before it.
+    pub chain: Vec<ChainLink>,
+}
+
+/// One service of the chain that finished last.
+#[derive(Clone, Debug)]
+pub struct ChainLink {
+    pub service: String,
+    /// From its last prerequisite ready (or the apply, for the first) to its first object
+    /// created, seconds: what it waited for the operator.
+    pub start_latency: f64,
+    /// From its first object created to its last ready, minus its expected duration,
+    /// seconds: what the cluster added to its simulated delay.
+    pub in_cluster: f64,
+    pub expected: f64,
+}
+
+impl Analysis {
+    /// The chain's total start latency, expected durations and time in the cluster beyond
+    /// them, seconds; they add up to the last service ready.
+    pub fn chain_totals(&self) -> (f64, f64, f64) {
+        self.chain.iter().fold((0.0, 0.0, 0.0), |(s, e, c), link| {
+            (
+                s + link.start_latency,
+                e + link.expected,
+                c + link.in_cluster,
+            )
+        })
+    }
 }
 
 pub fn analyze(
@@ -394,6 +424,20 @@ pub fn analyze(
         .windows(2)
         .map(|pair| (pair[1].name.as_str(), pair[0].name.as_str()))
         .collect();
+    // The service of a tier ready last: a barrier's gate.
+    let tier_last = |tier: &str| -> Option<&String> {
+        order
+            .tiers
+            .iter()
+            .find(|t| t.name == tier)?
+            .services
+            .iter()
+            .filter_map(|s| of(s).map(|t| (s, t.ready)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(s, _)| s)
+    };
+    // Per service: the prerequisite that was ready last, if any.
+    let mut gated_by: BTreeMap<&str, &String> = BTreeMap::new();
     let mut simulated: BTreeMap<&str, f64> = BTreeMap::new();
     let mut simulated_tier: BTreeMap<&str, f64> = BTreeMap::new();
     for planned in &order.services {
@@ -417,6 +461,15 @@ pub fn analyze(
             (None, None) => None,
         };
         if let Some((gate, at)) = gate {
+            let by = match &gate {
+                Gate::Dependency(name) => planned.depends_on.iter().find(|d| *d == name),
+                Gate::Barrier => previous_tier
+                    .get(planned.tier.as_str())
+                    .and_then(|tier| tier_last(tier)),
+            };
+            if let Some(by) = by {
+                gated_by.insert(&planned.name, by);
+            }
             analysis.starts.push(Start {
                 service: planned.name.clone(),
                 gate,
@@ -445,6 +498,32 @@ pub fn analyze(
         .fold(f64::INFINITY, f64::min);
     analysis.without_ordering_overhead = simulated.values().fold(0.0, |a, b| a.max(*b));
     analysis.last_ready = times.values().map(|t| t.ready).fold(0.0, f64::max);
+
+    let expected: BTreeMap<&str, f64> = order
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s.expected_duration.as_secs_f64()))
+        .collect();
+    let mut link = times
+        .iter()
+        .max_by(|a, b| a.1.ready.total_cmp(&b.1.ready))
+        .map(|(name, _)| name);
+    while let Some(name) = link {
+        let own = &times[name];
+        let by = gated_by.get(name.as_str()).copied();
+        let gate_ready = by.and_then(of).map_or(0.0, |t| t.ready);
+        let expected = expected.get(name.as_str()).copied().unwrap_or_default();
+        analysis.chain.push(ChainLink {
+            service: name.clone(),
+            start_latency: own.created - gate_ready,
+            in_cluster: own.ready - own.created - expected,
+            expected,
+        });
+        // A chain cannot be longer than the plan; guards against a gate cycle from
+        // out-of-order timestamps.
+        link = by.filter(|_| analysis.chain.len() < times.len());
+    }
+    analysis.chain.reverse();
     analysis
 }
 
@@ -532,5 +611,21 @@ mod tests {
         assert!((analysis.without_ordering_overhead - 4.25).abs() < 1e-9);
         assert!((analysis.first_object - 0.1).abs() < 1e-9);
         assert!(analysis.missing.is_empty());
+
+        // The chain that finished last: y (the barrier's last), z, w.
+        let chain: Vec<(&str, f64, f64)> = analysis
+            .chain
+            .iter()
+            .map(|l| {
+                let ms = |s: f64| (s * 1000.0).round();
+                (l.service.as_str(), ms(l.start_latency), ms(l.in_cluster))
+            })
+            .collect();
+        assert_eq!(
+            chain,
+            [("y", 100.0, 100.0), ("z", 50.0, 50.0), ("w", 100.0, 100.0)]
+        );
+        let (waited, expected, in_cluster) = analysis.chain_totals();
+        assert!((waited + expected + in_cluster - analysis.last_ready).abs() < 1e-9);
     }
 }
