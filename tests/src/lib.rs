@@ -15,7 +15,11 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use kube::Client;
+use kube::{Api, Client};
+use resurgo::api::{
+    Backup,
+    backup::{BackupPhase, BackupStatus},
+};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
@@ -225,4 +229,43 @@ pub fn job_spec() -> Value {
             }]
         }}
     })
+}
+
+/// The MinIO that tests/run.sh starts: endpoint, access key, secret key.
+pub fn minio() -> (String, String, String) {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: run the integration tests through tests/run.sh")
+        })
+    };
+    (
+        var("RESURGO_MINIO_ENDPOINT"),
+        var("RESURGO_MINIO_ACCESS_KEY"),
+        var("RESURGO_MINIO_SECRET_KEY"),
+    )
+}
+
+/// The status of Backup `name` once it is Completed or Failed; panics after `within`.
+pub async fn backup_finished(client: &Client, name: &str, within: Duration) -> BackupStatus {
+    let api = Api::<Backup>::all(client.clone());
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let status = api
+            .get(name)
+            .await
+            .expect("read the Backup")
+            .status
+            .unwrap_or_default();
+        if matches!(
+            status.phase,
+            Some(BackupPhase::Completed | BackupPhase::Failed)
+        ) {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Backup {name} did not finish: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

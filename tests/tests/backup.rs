@@ -24,7 +24,9 @@ use resurgo::{
     api::backup::{Backup, BackupPhase, BackupStatus},
     backup::{archive, selection},
 };
-use resurgo_tests::{client, install_crds, k8s_bin, kubectl_ok, repo_root, unique_name};
+use resurgo_tests::{
+    backup_finished, client, install_crds, k8s_bin, kubectl_ok, minio, repo_root, unique_name,
+};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
@@ -90,23 +92,7 @@ fn backup_manifest(name: &str, store: &str, namespace: &str, recipient: &str) ->
 
 /// Waits for the Backup to finish and returns its status.
 async fn finished(client: &Client, name: &str) -> BackupStatus {
-    let api = Api::<Backup>::all(client.clone());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let backup = api.get(name).await.expect("read the Backup");
-        let status = backup.status.unwrap_or_default();
-        if matches!(
-            status.phase,
-            Some(BackupPhase::Completed | BackupPhase::Failed)
-        ) {
-            return status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Backup {name} did not finish: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    backup_finished(client, name, Duration::from_secs(60)).await
 }
 
 async fn completed(client: &Client, name: &str) -> BackupStatus {
@@ -1120,20 +1106,6 @@ async fn a_restore_test_restores_for_real_runs_its_checks_and_cleans_up() {
     jobs_task.abort();
     copies_task.abort();
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// The MinIO that tests/run.sh starts: endpoint, access key, secret key.
-fn minio() -> (String, String, String) {
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| {
-            panic!("{name} is not set: run the integration tests through tests/run.sh")
-        })
-    };
-    (
-        var("RESURGO_MINIO_ENDPOINT"),
-        var("RESURGO_MINIO_ACCESS_KEY"),
-        var("RESURGO_MINIO_SECRET_KEY"),
-    )
 }
 
 #[tokio::test]

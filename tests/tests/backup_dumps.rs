@@ -12,7 +12,7 @@ use resurgo::{
     api::backup::{Backup, BackupPhase, BackupStatus, DumpPhase},
     backup::{archive, dump, engine, restore, restore_point, s3},
 };
-use resurgo_tests::{client, install_crds, kubectl_ok, unique_name};
+use resurgo_tests::{backup_finished, client, install_crds, kubectl_ok, minio, unique_name};
 use serde_json::{Value, json};
 
 fn apply(manifest: &Value) {
@@ -27,20 +27,6 @@ fn apply(manifest: &Value) {
         Some(&manifest.to_string()),
     )
     .expect("apply");
-}
-
-/// The MinIO that tests/run.sh starts: endpoint, access key, secret key.
-fn minio() -> (String, String, String) {
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| {
-            panic!("{name} is not set: run the integration tests through tests/run.sh")
-        })
-    };
-    (
-        var("RESURGO_MINIO_ENDPOINT"),
-        var("RESURGO_MINIO_ACCESS_KEY"),
-        var("RESURGO_MINIO_SECRET_KEY"),
-    )
 }
 
 /// A test's world: a bucket of its own (without object lock, so that the tests can tamper
@@ -127,27 +113,7 @@ impl World {
 
 /// Waits for the Backup to finish and returns its status.
 async fn finished(client: &Client, name: &str) -> BackupStatus {
-    let api = Api::<Backup>::all(client.clone());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let status = api
-            .get(name)
-            .await
-            .expect("read the Backup")
-            .status
-            .unwrap_or_default();
-        if matches!(
-            status.phase,
-            Some(BackupPhase::Completed | BackupPhase::Failed)
-        ) {
-            return status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Backup {name} did not finish: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    backup_finished(client, name, Duration::from_secs(90)).await
 }
 
 /// Plays the dump Job's container: waits for the upload Secret of `backup`'s dump `pg`,
