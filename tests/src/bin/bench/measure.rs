@@ -392,12 +392,12 @@ pub fn analyze(
         ..Analysis::default()
     };
     let of = |name: &String| times.get(name);
+    let tier_services = |tier: &str| -> Option<&[String]> {
+        let tier = order.tiers.iter().find(|t| t.name == tier)?;
+        Some(tier.services.as_slice())
+    };
     let tier_ready = |tier: &str| -> Option<f64> {
-        order
-            .tiers
-            .iter()
-            .find(|t| t.name == tier)?
-            .services
+        tier_services(tier)?
             .iter()
             .map(|s| of(s).map(|t| t.ready))
             .try_fold(0.0_f64, |max, ready| Some(max.max(ready?)))
@@ -426,11 +426,7 @@ pub fn analyze(
         .collect();
     // The service of a tier ready last: a barrier's gate.
     let tier_last = |tier: &str| -> Option<&String> {
-        order
-            .tiers
-            .iter()
-            .find(|t| t.name == tier)?
-            .services
+        tier_services(tier)?
             .iter()
             .filter_map(|s| of(s).map(|t| (s, t.ready)))
             .max_by(|a, b| a.1.total_cmp(&b.1))
