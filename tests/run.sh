@@ -88,4 +88,7 @@ if [ "$status" -ne 0 ]; then
   log "the operator's log, last lines:"
   tail -40 "$RESURGO_OPERATOR_LOG" >&2
 fi
+# The benchmarks run on up.sh's lean control plane, which no test above uses.
+log "checking the benchmarks' lean control plane (tests/cluster/lean-check.sh)"
+tests/cluster/lean-check.sh "$(mktemp -u "$base/resurgo-lean.XXXXXX")" || status=1
 exit "$status"

@@ -108,6 +108,14 @@ struct Args {
     #[arg(long)]
     timeout: Option<u64>,
 
+    /// How the local control plane runs. `lean` is tests/cluster/up.sh with UP_LEAN=true:
+    /// no LimitRanger or ResourceQuota admission, Go's GC at GOGC=400, a bearer token instead
+    /// of a client certificate; on 2 cores those costs of the simulated cluster outweigh the
+    /// operator's. `default` runs the components' defaults, as the tests do. The chaos loop
+    /// always runs the defaults.
+    #[arg(long, value_enum, default_value = "lean")]
+    control_plane: ControlPlane,
+
     /// Use this operator binary instead of building target/release/resurgo.
     #[arg(long, value_name = "PATH")]
     operator: Option<PathBuf>,
@@ -130,6 +138,28 @@ struct Args {
     /// Seed of the chaos loop's kill moments (default: from the clock, printed).
     #[arg(long)]
     chaos_seed: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ControlPlane {
+    Lean,
+    Default,
+}
+
+impl ControlPlane {
+    fn lean(self) -> bool {
+        self == ControlPlane::Lean
+    }
+
+    /// For the reports: every figure says which control plane it was measured on.
+    fn describe(self) -> &'static str {
+        match self {
+            ControlPlane::Lean => {
+                "lean (UP_LEAN=true: no LimitRanger/ResourceQuota admission, GOGC=400, token auth)"
+            }
+            ControlPlane::Default => "the components' defaults",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -255,6 +285,7 @@ async fn run(args: &Args, root: &Path, teardown: &mut Teardown) -> Result<()> {
         let outcome = chaos::run(root, &operator, teardown, trials, args.chaos_seed).await;
         teardown.finish().await;
         let (seed, trials) = outcome?;
+        let machine = format!("{machine}; control plane: the components' defaults");
         println!("{}", chaos::render(seed, &trials, &machine));
         let violations: usize = trials.iter().map(|t| t.violations.len()).sum();
         if violations > 0 {
@@ -262,6 +293,10 @@ async fn run(args: &Args, root: &Path, teardown: &mut Teardown) -> Result<()> {
         }
         return Ok(());
     }
+    let machine = format!(
+        "{machine}; control plane: {}",
+        args.control_plane.describe()
+    );
     let mut reports = Vec::new();
     for scenario in &scenarios {
         let report = run_scenario(args, root, &operator, scenario, teardown).await;
@@ -281,7 +316,26 @@ async fn run(args: &Args, root: &Path, teardown: &mut Teardown) -> Result<()> {
 async fn build_operator(root: &Path) -> Result<PathBuf> {
     log("building the operator: cargo build --release --locked -p resurgo");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    // `cargo run` gave this process the bench package's CARGO_PKG_NAME, CARGO_MANIFEST_DIR,
+    // ...; build scripts that depend on those (ring's) would see them changed and rebuild
+    // the TLS stack and everything above it on every run.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                &*name,
+                "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+            )
+        {
+            command.env_remove(&*name);
+        }
+    }
+    let output = command
         .args([
             "build",
             "--release",
@@ -379,7 +433,7 @@ async fn run_scenario(
         critical_path.as_secs_f64()
     ));
 
-    let cluster = cluster::up(teardown, scenario.name).await?;
+    let cluster = cluster::up(teardown, scenario.name, args.control_plane.lean()).await?;
     cluster.install_crds(root).await?;
     // up.sh's node holds 250 pods; this one holds the rest with room to spare.
     cluster.add_node("bench-node", scenario.pods + 100).await?;
@@ -829,6 +883,24 @@ impl Report {
                 "",
                 "",
             );
+            let _ = writeln!(
+                out,
+                "  (each link: service start/cluster ms, the start counted from its last prerequisite)"
+            );
+            for links in a.chain.chunks(6) {
+                let line: Vec<String> = links
+                    .iter()
+                    .map(|link| {
+                        format!(
+                            "{} {:.0}/{:.0}",
+                            link.service,
+                            link.start_latency * 1000.0,
+                            link.in_cluster * 1000.0
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(out, "    {}", line.join(", "));
+            }
         }
         if let Some(s) = summary(&self.cluster_latency) {
             row(
@@ -940,9 +1012,9 @@ impl Report {
         let total: f64 = requests.iter().map(|(_, (n, _))| n).sum();
         let _ = writeln!(
             out,
-            "API server requests during the recovery, all clients ({total:.0}; the 12 costliest, WATCH excluded):"
+            "API server requests during the recovery, all clients ({total:.0}; the 20 costliest, WATCH excluded):"
         );
-        for (key, (count, seconds)) in requests.iter().take(12) {
+        for (key, (count, seconds)) in requests.iter().take(20) {
             let _ = writeln!(
                 out,
                 "  {key:<40} {count:>8.0}  {seconds:>8.2} s served  ({:>6.1} ms each)",

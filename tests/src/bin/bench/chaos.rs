@@ -45,7 +45,8 @@ pub async fn run(
         None => Rng::seeded("bench --chaos"),
     };
     let seed = rng.0;
-    let cluster = cluster::up(teardown, "chaos").await?;
+    // Correctness, not speed: the components' defaults, as the tests run them.
+    let cluster = cluster::up(teardown, "chaos", false).await?;
     cluster.install_crds(root).await?;
     let log_file = root.join("target/bench/operator-chaos.log");
     teardown.operator = Some(Operator::spawn(operator_binary, &cluster, &log_file).await?);

@@ -106,7 +106,8 @@ fn tempfile_probe(dir: &Path) -> bool {
 
 /// Starts a fresh control plane with tests/cluster/up.sh (which builds or reuses the
 /// binaries through build.sh) and returns a client for it.
-pub async fn up(teardown: &mut Teardown, label: &str) -> Result<Cluster> {
+/// `lean`: up.sh's UP_LEAN (see tests/cluster/up.sh).
+pub async fn up(teardown: &mut Teardown, label: &str, lean: bool) -> Result<Cluster> {
     let dir = base_dir().join(format!("resurgo-bench.{}.{label}", std::process::id()));
     ensure!(
         !dir.exists(),
@@ -124,6 +125,7 @@ pub async fn up(teardown: &mut Teardown, label: &str) -> Result<Cluster> {
         .with_context(|| format!("create {}", printed_path.display()))?;
     let child = Command::new(teardown.root.join("tests/cluster/up.sh"))
         .arg(&dir)
+        .env("UP_LEAN", if lean { "true" } else { "false" })
         .stdin(Stdio::null())
         .stdout(printed_file)
         .stderr(Stdio::inherit())
