@@ -2,9 +2,9 @@
 # Checks that up.sh's UP_LEAN=true (the control plane the benchmarks run on) starts and is
 # what up.sh says it is: the admin kubeconfig authenticates with a token as a member of
 # system:masters, LimitRanger admission is off (a LimitRange's default limits are not
-# applied to a new pod), the Go components run with GOGC=400, and kwok still makes a pod
-# Ready. The tests themselves run on the default control plane; without this check a broken
-# lean mode would only show in a benchmark run.
+# applied to a new pod), the Go components run with GOGC=400, kwok still makes a pod Ready,
+# and restart-apiserver.sh keeps all of it. The tests themselves run on the default control
+# plane; without this check a broken lean mode would only show in a benchmark run.
 #
 # Usage: tests/cluster/lean-check.sh WORKDIR   (WORKDIR must not exist or be empty; it is
 # torn down at the end, kept on failure for the logs)
@@ -55,5 +55,11 @@ limits=$(kubectl -n lean-check get pod probe -o jsonpath='{.spec.containers[0].r
 [ -z "$limits" ] || [ "$limits" = '{}' ] || fail "LimitRanger admission is on: the pod got resources $limits"
 kubectl -n lean-check wait --for=condition=Ready pod/probe --timeout=60s >/dev/null || fail "kwok did not make the pod Ready"
 
+# restart-apiserver.sh (the chaos tests' crash) keeps the lean settings.
+"$here/restart-apiserver.sh" "$work" 2>/dev/null || fail "restart-apiserver.sh on the lean control plane"
+apiserver=$(tail -n +2 "$work/pids" | head -1)
+tr '\0' '\n' < "/proc/$apiserver/environ" | grep -qx 'GOGC=400' || fail "the restarted kube-apiserver does not run with GOGC=400"
+kubectl auth whoami >/dev/null || fail "the token does not authenticate after the restart"
+
 ok=1
-log "ok: token auth as system:masters, no LimitRanger admission, GOGC=400, pods become Ready"
+log "ok: token auth as system:masters, no LimitRanger admission, GOGC=400 (kept by restart-apiserver.sh), pods become Ready"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Restarts the kube-apiserver of a cluster started by up.sh, and only it: kills it with
 # SIGKILL (a crash: no graceful close of the watches), starts it again with the very same
-# command line, port and certificates, records the new pid in WORKDIR/pids in place of the
+# command line, GOGC, port and certificates, records the new pid in WORKDIR/pids in place of the
 # old one (so down.sh stops it), and waits until it is ready again. etcd keeps the data.
 #
 # Usage: tests/cluster/restart-apiserver.sh WORKDIR [SECONDS_DOWN]
@@ -34,6 +34,9 @@ while read -r pid; do
 done < "$W/pids"
 [ -n "$old" ] || die "no running kube-apiserver of $W in $W/pids"
 
+# Its GOGC too (up.sh's UP_LEAN sets it), read before the process is gone.
+gogc=$(tr '\0' '\n' < "/proc/$old/environ" | sed -n 's/^GOGC=//p')
+
 log "killing kube-apiserver (pid $old)"
 kill -KILL "$old"
 deadline=$((SECONDS + 10))
@@ -61,6 +64,7 @@ sleep "$down_for"
 
 # Appended: the log of both runs in one file, as up.sh named it.
 echo "---- restarted by $0 at $(date -u +%FT%TZ)" >> "$W/kube-apiserver.log"
+if [ -n "$gogc" ]; then export GOGC=$gogc; else unset GOGC; fi
 "${argv[@]}" </dev/null >>"$W/kube-apiserver.log" 2>&1 &
 new=$!
 sed -i "s/^$old\$/$new/" "$W/pids"
