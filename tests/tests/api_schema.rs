@@ -431,6 +431,12 @@ fn invalid_cases() -> Vec<Case> {
                 "should have at least 1 items",
             ],
         ),
+        case(
+            "a plan name longer than a label value",
+            "RecoveryPlan",
+            vec![("/metadata/name", json!("p".repeat(64)))],
+            &["a RecoveryPlan name has at most 63 characters"],
+        ),
         // BackupStore
         case(
             "a store with both filesystem and s3",
@@ -570,6 +576,12 @@ fn invalid_cases() -> Vec<Case> {
                        {"namespace": "db", "name": "pg", "spec": {}}]),
             )],
             &["spec.dataDumps[1]", "Duplicate value"],
+        ),
+        case(
+            "a schedule name longer than a label value",
+            "BackupSchedule",
+            vec![("/metadata/name", json!("s".repeat(64)))],
+            &["a BackupSchedule name has at most 63 characters"],
         ),
         // Backup
         case(
@@ -732,6 +744,12 @@ fn invalid_cases() -> Vec<Case> {
                 "Unsupported value: \"Exercise\"",
                 "\"Real\", \"Drill\"",
             ],
+        ),
+        case(
+            "an incident name longer than a label value",
+            "Incident",
+            vec![("/metadata/name", json!("i".repeat(64)))],
+            &["an Incident name has at most 63 characters"],
         ),
     ]
 }

@@ -35,7 +35,11 @@ use super::common::{Cron, DNS_LABEL, Duration, JobTemplate, NamespacedRef, time_
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    // The name is the value of a label on the Backups it makes and its restore tests'
+    // namespaces, and label values have at most 63 characters.
+    validation = Rule::new("self.metadata.name.size() <= 63")
+        .message("a BackupSchedule name has at most 63 characters: it labels the Backups it makes and its restore tests' namespaces")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BackupScheduleSpec {

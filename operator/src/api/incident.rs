@@ -32,7 +32,11 @@ use serde::{Deserialize, Serialize};
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    // The name is the value of a label on the copies its drills make, and label values have at
+    // most 63 characters.
+    validation = Rule::new("self.metadata.name.size() <= 63")
+        .message("an Incident name has at most 63 characters: it labels the copies its drills make")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.accessPolicies) || has(self.recoveryPlans)")

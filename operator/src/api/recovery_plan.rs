@@ -49,7 +49,11 @@ use super::common::{DNS_LABEL, Duration, JobTemplate, NamespacedRef, embedded_ob
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    // The name is the value of a label on every object the plan creates, and label values have
+    // at most 63 characters.
+    validation = Rule::new("self.metadata.name.size() <= 63")
+        .message("a RecoveryPlan name has at most 63 characters: it labels every object the plan creates")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.services.all(s, self.tiers.exists(t, t.name == s.tier))")
