@@ -180,6 +180,10 @@ impl Drop for FreshCluster {
         let _ = Command::new(repo_root().join("tests/cluster/down.sh"))
             .arg(&self.dir)
             .status();
+        // Kept when the test failed, for its operator's side of the story.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.operator_log);
+        }
     }
 }
 
