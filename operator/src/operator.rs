@@ -118,6 +118,37 @@ impl kube::runtime::utils::Backoff for TriggerBackoff {
     }
 }
 
+/// Drives a watch on a task of its own and hands its changes to a Controller through a
+/// channel, without its errors.
+///
+/// The watch retries by itself (with [`TriggerBackoff`]), so its errors are only logged
+/// here. Passed on, they would queue in the channel while the API server is away, and a
+/// Controller pauses its triggers after every error it reads (up to 2 s each): after an
+/// API server restart, the queued errors held every reconcile back for about 30 s.
+pub fn spawn_watch<K: Send + 'static>(
+    watch: impl Into<String>,
+    changes: impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+) -> futures::channel::mpsc::UnboundedReceiver<Result<K, watcher::Error>> {
+    let watch: String = watch.into();
+    let ended = watch.clone();
+    let (sender, receiver) = futures::channel::mpsc::unbounded();
+    let changes = changes.filter_map(move |change| {
+        futures::future::ready(match change {
+            Ok(object) => Some(Ok(Ok(object))),
+            Err(error) => {
+                warn!(%error, %watch, "watch failed; retrying");
+                None
+            }
+        })
+    });
+    tokio::spawn(
+        changes
+            .forward(sender)
+            .map(move |_| tracing::debug!(watch = %ended, "watch ended")),
+    );
+    receiver
+}
+
 /// What `resurgo run` hands every controller. Cloning it is cheap.
 #[derive(Clone)]
 pub struct Shared {
@@ -164,9 +195,7 @@ impl Shared {
             .backoff(TriggerBackoff::default())
             .reflect(writer)
             .applied_objects();
-        let (sender, receiver) = futures::channel::mpsc::unbounded();
-        tokio::spawn(changes.map(Ok).forward(sender).map(drop));
-        Controller::for_stream(receiver, reader)
+        Controller::for_stream(spawn_watch(K::kind(&()), changes), reader)
     }
 
     /// Completes when the operator stops: pass it to `Controller::graceful_shutdown_on`.

@@ -23,7 +23,10 @@ use kube::{
 use serde_json::Value;
 
 use super::{PlanMeta, plan_of};
-use crate::{labels, operator::TriggerBackoff};
+use crate::{
+    labels,
+    operator::{TriggerBackoff, spawn_watch},
+};
 
 /// The plans' workloads as their watches last saw them, slimmed (see [`Slim`]): what a
 /// reconcile needs of them is whether they exist and how ready they are, and that it can
@@ -224,7 +227,5 @@ where
     .touched_objects();
     // On a task of its own: the store is then as fresh as the watch, whether or not the
     // Controller (which runs its reconciles on the same task as its inputs) is busy.
-    let (sender, receiver) = futures::channel::mpsc::unbounded();
-    tokio::spawn(stream.map(Ok).forward(sender).map(drop));
-    (reader, receiver)
+    (reader, spawn_watch(K::kind(&()), stream))
 }

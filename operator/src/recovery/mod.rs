@@ -72,7 +72,7 @@ use crate::{
     incident,
     labels::{self, FIELD_MANAGER},
     metrics::Metrics,
-    operator::{Shared, TriggerBackoff},
+    operator::{Shared, TriggerBackoff, spawn_watch},
     planner::{self, ServiceProgress},
     yaml,
 };
@@ -197,13 +197,7 @@ pub async fn run(shared: Shared) {
     // Driven by a task of its own, not by the Controller: the Controller holds the
     // reconciles it has queued until this store is filled, and a Controller stopping stops
     // polling its inputs; stopped early, it would wait for the store forever.
-    let (changes_tx, changes_rx) = futures::channel::mpsc::unbounded();
-    tokio::spawn(
-        plan_changes
-            .map(Ok)
-            .forward(changes_tx)
-            .map(|_| tracing::debug!("the plans' watch ended")),
-    );
+    let changes_rx = spawn_watch(KIND, plan_changes);
     shared.kind_listed(Api::<PlanMeta>::all(client.clone()));
     let controller = Controller::for_stream(changes_rx, plans);
     // Until the first lists are in, every workload would look deleted and be rebuilt.
