@@ -446,4 +446,20 @@ mod tests {
         backoff.reset();
         assert_eq!(backoff.next(), Some(Duration::from_millis(100)));
     }
+
+    #[tokio::test]
+    async fn a_spawned_watch_passes_its_changes_on_but_not_its_errors() {
+        // Errors reaching a Controller pause all of its triggers; the watch retries anyway.
+        let changes = futures::stream::iter([
+            Ok(1),
+            Err(watcher::Error::NoResourceVersion),
+            Err(watcher::Error::NoResourceVersion),
+            Ok(2),
+        ]);
+        let received: Vec<u32> = spawn_watch("test", changes)
+            .map(|change| change.expect("no error is passed on"))
+            .collect()
+            .await;
+        assert_eq!(received, [1, 2]);
+    }
 }
