@@ -6,7 +6,8 @@
 //! exactly as an undisturbed one: the plan Ready with a true status, no service started
 //! before the services of earlier tiers and its dependencies were ready, every object
 //! created once (one uid per name, never deleted, regenerated credentials generated once)
-//! and none lost. Everything is judged from watches, never from the operator's logs.
+//! and none lost. Everything is judged from watches and the API server's history, never from
+//! the operator's logs.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -18,7 +19,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
     Api, Client, ResourceExt,
-    api::{DynamicObject, ListParams},
+    api::{DynamicObject, ListParams, VersionMatch},
     core::ApiResource,
     runtime::{
         WatchStreamExt,
@@ -185,14 +186,34 @@ pub struct Seen {
     /// Every distinct content of each regenerated Secret: more than one means the
     /// credentials were generated again.
     pub secret_data: BTreeMap<String, Vec<Value>>,
-    /// Deployments created and ready, in the API server's order (one watch stream).
+    /// Deployments created and ready, in the order the watch first saw them.
     pub order: Vec<Step>,
+    /// Where each step of `order` happened in the API server's history.
+    pub when: BTreeMap<Step, Observed>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Step {
     Created(String),
     Ready(String),
+}
+
+/// Where a step happened, as an etcd revision: on this control plane a resource version is
+/// the revision of the write that made it.
+///
+/// A watch event carries the object as that write left it, so a step seen live is placed
+/// exactly. A step first seen when the watch listed again (after the API server restarted,
+/// its watch cache no longer reaches back to where the watch was) only says that it
+/// happened at or before the listed object's revision and after the last event delivered
+/// live: a list is in key order, not in the order things happened. [`violations`] places
+/// such a step by reading the Deployments at past revisions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Observed {
+    /// The revision of the step (seen live), or of the listed object (an upper bound).
+    pub revision: u64,
+    /// For a step first seen in a list: the revision of the last event delivered live
+    /// before it, which the step came after.
+    pub listed_after: Option<u64>,
 }
 
 /// The kinds the operator creates for a plan, all labelled `resurgo.dev/plan`.
@@ -210,6 +231,14 @@ pub fn managed_kinds() -> Vec<ApiResource> {
         ApiResource::erase::<ConfigMap>(&()),
         ApiResource::erase::<NetworkPolicy>(&()),
     ]
+}
+
+/// The resource version as an etcd revision (see [`Observed`]).
+fn revision(object: &DynamicObject) -> u64 {
+    object
+        .resource_version()
+        .and_then(|v| v.parse().ok())
+        .expect("resource versions are etcd revisions on this control plane")
 }
 
 fn key(kind: &str, object: &DynamicObject) -> String {
@@ -269,10 +298,20 @@ pub async fn record(
             // Errors are expected while the API server is down: the watcher backs off and
             // re-lists, and a re-listed object shows the same uid again.
             let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+            // The revision of the last event delivered live, once the first list is done.
+            let mut live = 0;
             while let Some(event) = stream.next().await {
+                let listed_after = matches!(event, Ok(Event::InitApply(_))).then_some(live);
                 let mut seen = seen.lock().expect("seen lock");
                 match event {
                     Ok(Event::Apply(object) | Event::InitApply(object)) => {
+                        let observed = Observed {
+                            revision: revision(&object),
+                            listed_after,
+                        };
+                        if listed_after.is_none() {
+                            live = observed.revision;
+                        }
                         let key = key(&kind, &object);
                         let uid = object.uid().unwrap_or_default();
                         let uids = seen.uids.entry(key.clone()).or_default();
@@ -293,7 +332,8 @@ pub async fn record(
                                 new.push(Step::Ready(name));
                             }
                             for step in new {
-                                if !seen.order.contains(&step) {
+                                if !seen.when.contains_key(&step) {
+                                    seen.when.insert(step.clone(), observed);
                                     seen.order.push(step);
                                 }
                             }
@@ -301,6 +341,7 @@ pub async fn record(
                         }
                     }
                     Ok(Event::Delete(object)) => {
+                        live = revision(&object);
                         seen.deleted.insert(key(&kind, &object));
                     }
                     Ok(Event::InitDone) => {
@@ -363,17 +404,81 @@ pub async fn until_ready(
     }
 }
 
+/// The revision at which a step happened. A step seen live is placed already; one first
+/// seen in a list happened after the last live event and at or before the listed object's
+/// revision, and is placed by reading the plan's Deployments as they were at revisions in
+/// between (etcd keeps minutes of history; the API server reads it for an exact-revision
+/// list). The search assumes the step stayed true within that window of a few seconds: the
+/// test flags a Deployment deleted, and nothing here takes a ready one's pods away.
+pub async fn place(
+    client: &Client,
+    plan: &str,
+    step: &Step,
+    observed: &Observed,
+) -> Result<u64, String> {
+    let Some(mut before) = observed.listed_after else {
+        return Ok(observed.revision);
+    };
+    let deployments: Api<DynamicObject> =
+        Api::all_with(client.clone(), &ApiResource::erase::<Deployment>(&()));
+    let (Step::Created(name) | Step::Ready(name)) = step;
+    let mut at = observed.revision;
+    while at - before > 1 {
+        let middle = before + (at - before) / 2;
+        let listed = deployments
+            .list(
+                &ListParams::default()
+                    .labels(&format!("resurgo.dev/plan={plan}"))
+                    .at(&middle.to_string())
+                    .matching(VersionMatch::Exact),
+            )
+            .await
+            .map_err(|e| {
+                format!("{step:?}: cannot read the Deployments at revision {middle}: {e}")
+            })?;
+        let object = listed.items.iter().find(|d| d.name_any() == *name);
+        let holds = match step {
+            Step::Created(_) => object.is_some(),
+            Step::Ready(_) => object.is_some_and(deployment_ready),
+        };
+        if holds {
+            at = middle;
+        } else {
+            before = middle;
+        }
+    }
+    eprintln!(
+        "[chaos] {plan}: {step:?} first seen in a re-list at revision {}; it happened at revision {at}",
+        observed.revision
+    );
+    Ok(at)
+}
+
 /// Every invariant of a recovery that was disturbed, checked against what the watches saw
 /// and what the API server holds at the end. Returns the violations, one line each.
 pub async fn violations(client: &Client, plan: &RecoveryPlan, seen: &Seen) -> Vec<String> {
     let name = plan.name_any();
     let mut found = Vec::new();
 
-    // Order: a service's Deployment appears only after every Deployment of earlier tiers and
-    // of its dependencies was seen ready, in one stream in the API server's order.
-    let position = |step: &Step| seen.order.iter().position(|s| s == step);
+    // Order: a service's Deployment is created only after every Deployment of earlier tiers
+    // and of its dependencies was ready, by the revisions of the API server's history.
+    let mut when = BTreeMap::new();
+    for (step, observed) in &seen.when {
+        match place(client, &name, step, observed).await {
+            Ok(revision) => {
+                when.insert(step.clone(), (revision, observed.listed_after.is_some()));
+            }
+            Err(error) => found.push(error),
+        }
+    }
+    let describe = |step: &Step| match when.get(step) {
+        Some((revision, false)) => format!("revision {revision}"),
+        Some((revision, true)) => format!("revision {revision}, read back after a re-list"),
+        None => "never seen".into(),
+    };
     for service in SERVICES {
-        let Some(created) = position(&Step::Created(service.name.into())) else {
+        let created = Step::Created(service.name.into());
+        let Some(&(created_at, _)) = when.get(&created) else {
             found.push(format!("{}: its Deployment was never seen", service.name));
             continue;
         };
@@ -381,11 +486,17 @@ pub async fn violations(client: &Client, plan: &RecoveryPlan, seen: &Seen) -> Ve
             .iter()
             .filter(|s| s.tier < service.tier || service.depends_on.contains(&s.name));
         for before in prerequisites {
-            match position(&Step::Ready(before.name.into())) {
-                Some(ready) if ready < created => {}
+            let ready = Step::Ready(before.name.into());
+            match when.get(&ready) {
+                Some(&(ready_at, _)) if ready_at < created_at => {}
                 _ => found.push(format!(
-                    "{} was created before {} was ready (tier {} / {})",
-                    service.name, before.name, service.tier, before.tier
+                    "{} was created ({}) before {} was ready ({}) (tier {} / {})",
+                    service.name,
+                    describe(&created),
+                    before.name,
+                    describe(&ready),
+                    service.tier,
+                    before.tier
                 )),
             }
         }
