@@ -104,6 +104,12 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     max_parallel: u32,
 
+    /// Run each scenario this many times, each on a fresh cluster; the generated plan's seed
+    /// goes up by one each run. With more than one run the summary also pools every run's
+    /// tier boundaries: one run of 5 tiers has 4, too few for a p99 that is not just the max.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    runs: u32,
+
     /// Give up on a plan after this many seconds (default: 4 x its critical path + 600).
     #[arg(long)]
     timeout: Option<u64>,
@@ -223,7 +229,8 @@ async fn interrupted() {
     }
 }
 
-async fn run(args: &Args, root: &Path, teardown: &mut Teardown) -> Result<()> {
+/// The scenarios of run `run` (from 0): the generated plan's seed goes up by one each run.
+fn scenarios(args: &Args, root: &Path, run: u32) -> Result<Vec<Scenario>> {
     let mut scenarios = Vec::new();
     if matches!(args.scenario, Which::All | Which::Lazio) {
         scenarios.push(scenario::lazio(root, args.scale)?);
@@ -232,13 +239,18 @@ async fn run(args: &Args, root: &Path, teardown: &mut Teardown) -> Result<()> {
         scenarios.push(scenario::generated(&Generate {
             services: args.services,
             tiers: args.tiers,
-            seed: args.seed,
+            seed: args.seed.wrapping_add(u64::from(run)),
             min_delay: Duration::from_millis(args.min_delay_ms),
             max_delay: Duration::from_millis(args.max_delay_ms),
             max_deps: args.max_deps,
             max_parallel: args.max_parallel,
         })?);
     }
+    Ok(scenarios)
+}
+
+async fn run(args: &Args, root: &Path, teardown: &mut Teardown) -> Result<()> {
+    let scenarios = scenarios(args, root, 0)?;
     if let Some(path) = &args.write_plans {
         for scenario in &scenarios {
             let file = PathBuf::from(format!("{}-{}.json", path.display(), scenario.name));
@@ -298,16 +310,22 @@ async fn run(args: &Args, root: &Path, teardown: &mut Teardown) -> Result<()> {
         args.control_plane.describe()
     );
     let mut reports = Vec::new();
-    for scenario in &scenarios {
-        let report = run_scenario(args, root, &operator, scenario, teardown).await;
-        // Stop this scenario's operator and cluster before the next one starts.
-        teardown.finish().await;
-        let report = report?;
-        println!("{}", report.render(&machine));
-        reports.push(report);
+    for run in 0..args.runs {
+        for scenario in &self::scenarios(args, root, run)? {
+            if args.runs > 1 {
+                log(format!("run {} of {}", run + 1, args.runs));
+            }
+            let report = run_scenario(args, root, &operator, scenario, teardown).await;
+            // Stop this scenario's operator and cluster before the next one starts.
+            teardown.finish().await;
+            let mut report = report?;
+            report.run = run + 1;
+            println!("{}", report.render(&machine));
+            reports.push(report);
+        }
     }
     if reports.len() > 1 {
-        println!("{}", summary_table(&reports, &machine));
+        println!("{}", summary_table(&reports, args.runs, &machine));
     }
     Ok(())
 }
@@ -379,6 +397,8 @@ async fn build_operator(root: &Path) -> Result<PathBuf> {
 /// What a scenario measured.
 struct Report {
     scenario: &'static str,
+    /// Which run of the scenario this was, from 1 (see `--runs`).
+    run: u32,
     title: String,
     services: usize,
     tiers: usize,
@@ -576,6 +596,7 @@ async fn run_scenario(
     };
     Ok(Report {
         scenario: scenario.name,
+        run: 1,
         title: scenario.title.clone(),
         services: scenario.spec.services.len(),
         tiers: scenario.spec.tiers.len(),
@@ -1026,22 +1047,27 @@ impl Report {
     }
 }
 
-fn summary_table(reports: &[Report], machine: &str) -> String {
+fn summary_table(reports: &[Report], runs: u32, machine: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "== summary ({machine})");
     let _ = writeln!(
         out,
-        "{:<10} {:>9} {:>18} {:>12} {:>12} {:>8} {:>10}",
+        "{:<14} {:>9} {:>18} {:>12} {:>12} {:>8} {:>10}",
         "scenario", "services", "tier boundary p99", "critical", "recovery", "ratio", "peak RSS"
     );
     for r in reports {
         let p99 = r
             .boundary_summary()
             .map_or_else(|| "-".to_owned(), |s| ms(s.p99));
+        let scenario = if runs > 1 {
+            format!("{} #{}", r.scenario, r.run)
+        } else {
+            r.scenario.to_owned()
+        };
         let _ = writeln!(
             out,
-            "{:<10} {:>9} {:>18} {:>10.1} s {:>10.1} s {:>8.4} {:>6.1} MiB",
-            r.scenario,
+            "{:<14} {:>9} {:>18} {:>10.1} s {:>10.1} s {:>8.4} {:>6.1} MiB",
+            scenario,
             r.services,
             p99,
             r.critical_path.as_secs_f64(),
@@ -1049,6 +1075,45 @@ fn summary_table(reports: &[Report], machine: &str) -> String {
             r.ratio(),
             r.operator.peak_rss_kib as f64 / 1024.0
         );
+    }
+    if runs > 1 {
+        let mut names: Vec<&str> = reports.iter().map(|r| r.scenario).collect();
+        names.dedup();
+        for name in names {
+            let of: Vec<&Report> = reports.iter().filter(|r| r.scenario == name).collect();
+            let overheads: Vec<f64> = of
+                .iter()
+                .flat_map(|r| r.analysis.boundaries.iter().map(|b| b.overhead))
+                .collect();
+            let ratios = of.iter().map(|r| r.ratio());
+            let (low, high) = ratios.fold((f64::INFINITY, 0.0_f64), |(lo, hi), x| {
+                (lo.min(x), hi.max(x))
+            });
+            let rss = of
+                .iter()
+                .map(|r| r.operator.peak_rss_kib)
+                .max()
+                .unwrap_or(0);
+            let boundaries = summary(&overheads).map_or_else(
+                || "no tier boundaries".to_owned(),
+                |s| {
+                    format!(
+                        "{} tier boundaries: p50 {}, p99 {} ({}), max {}",
+                        s.n,
+                        ms(s.p50),
+                        ms(s.p99),
+                        verdict(s.p99 <= 0.050),
+                        ms(s.max)
+                    )
+                },
+            );
+            let _ = writeln!(
+                out,
+                "{name}, {} runs pooled: {boundaries}; ratio {low:.4}-{high:.4}; peak RSS {:.1} MiB",
+                of.len(),
+                rss as f64 / 1024.0
+            );
+        }
     }
     let _ = writeln!(
         out,

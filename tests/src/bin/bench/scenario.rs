@@ -332,7 +332,7 @@ pub fn generated(options: &Generate) -> Result<Scenario> {
     Ok(Scenario {
         name: "generated",
         title: format!(
-            "generated: {n} services in {t} tiers, seed {seed}, 0-{max_deps} dependencies each, \
+            "{n} services in {t} tiers, seed {seed}, 0-{max_deps} dependencies each, \
              delays {}-{} ms, maxParallel {max_parallel}",
             min_delay.as_millis(),
             max_delay.as_millis()
