@@ -315,11 +315,10 @@ async fn run(args: &Args, root: &Path, teardown: &mut Teardown) -> Result<()> {
             if args.runs > 1 {
                 log(format!("run {} of {}", run + 1, args.runs));
             }
-            let report = run_scenario(args, root, &operator, scenario, teardown).await;
+            let report = run_scenario(args, root, &operator, scenario, run + 1, teardown).await;
             // Stop this scenario's operator and cluster before the next one starts.
             teardown.finish().await;
-            let mut report = report?;
-            report.run = run + 1;
+            let report = report?;
             println!("{}", report.render(&machine));
             reports.push(report);
         }
@@ -438,6 +437,7 @@ async fn run_scenario(
     root: &Path,
     operator_binary: &Path,
     scenario: &Scenario,
+    run: u32,
     teardown: &mut Teardown,
 ) -> Result<Report> {
     let name = scenario.plan_name().to_owned();
@@ -460,9 +460,11 @@ async fn run_scenario(
     for namespace in &scenario.namespaces {
         cluster.create_namespace(namespace).await?;
     }
-    let log_file = root
-        .join("target/bench")
-        .join(format!("operator-{}.log", scenario.name));
+    let log_file = root.join("target/bench").join(if args.runs > 1 {
+        format!("operator-{}-{run}.log", scenario.name)
+    } else {
+        format!("operator-{}.log", scenario.name)
+    });
     let operator = Operator::start(operator_binary, &cluster, &log_file).await?;
     let pid = operator.pid;
     log(format!(
@@ -596,7 +598,7 @@ async fn run_scenario(
     };
     Ok(Report {
         scenario: scenario.name,
-        run: 1,
+        run,
         title: scenario.title.clone(),
         services: scenario.spec.services.len(),
         tiers: scenario.spec.tiers.len(),
