@@ -34,7 +34,9 @@
 //! The operator must run as a ServiceAccount: lockdown never touches ServiceAccount subjects,
 //! so its own access survives. A User it ran as would be suspended like any other.
 
+mod bootstrap;
 mod desired;
+mod enforce;
 pub mod lockdown;
 pub mod saved;
 mod status;
@@ -49,15 +51,15 @@ use std::{
 use futures::StreamExt;
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, ObjectReference, Secret},
+        core::v1::{Namespace, ObjectReference},
         networking::v1::NetworkPolicy,
-        rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding, Subject as RbacSubject},
+        rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding},
     },
     jiff::Timestamp,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions},
+    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams},
     runtime::{
         controller::Action,
         events::{Event, EventType},
@@ -69,11 +71,12 @@ use kube::{
 use serde_json::json;
 use tracing::{info, warn};
 
-use self::lockdown::{Binding, BindingKind, BindingRef, Step};
+use self::lockdown::{Binding, BindingKind, BindingRef};
 use crate::{
     api::{
         access_policy::{AccessMode, AccessPolicy, AccessPolicySpec, AccessPolicyStatus},
-        incident::{Incident, IncidentMode, IncidentState},
+        incident::Incident,
+        suspended_binding::SuspendedBinding,
     },
     labels::{self, FIELD_MANAGER},
 };
@@ -108,6 +111,23 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The API server's refusal of an object as invalid (422) or malformed (400), with the
+    /// object and its message: retrying the same request cannot succeed.
+    fn refusal(&self) -> Option<String> {
+        match self {
+            Error::Kube {
+                action,
+                object,
+                source: kube::Error::Api(status),
+            } if status.code == 422 || status.code == 400 => {
+                Some(format!("{action} {object}: {}", status.message))
+            }
+            _ => None,
+        }
+    }
+}
+
 fn kube_error(
     action: &'static str,
     object: impl Into<String>,
@@ -124,8 +144,8 @@ fn kube_error(
 pub struct Context {
     client: Client,
     recorder: crate::events::Recorder,
-    /// Where suspended bindings are saved.
-    namespace: String,
+    /// The cluster's one lockdown.
+    ledger: enforce::Ledger,
 }
 
 /// Runs the controller until the operator stops.
@@ -137,11 +157,11 @@ pub async fn run(shared: Shared) {
     let context = Arc::new(Context {
         client: client.clone(),
         recorder: crate::events::Recorder::new(client.clone(), reporter),
-        namespace: operator_namespace(),
+        ledger: enforce::Ledger::default(),
     });
     let controller = shared.controller(Api::<AccessPolicy>::all(client.clone()));
     let policies = controller.store();
-    let (for_rb, for_crb, for_ns) = (policies.clone(), policies.clone(), policies);
+    let (for_rb, for_crb, for_ns) = (policies.clone(), policies.clone(), policies.clone());
     let ours = watcher::Config::default().labels(labels::ACCESS_POLICY);
     controller
         .watches(
@@ -160,6 +180,18 @@ pub async fn run(shared: Shared) {
             policy_of,
         )
         .watches(Api::<ClusterRole>::all(client.clone()), ours, policy_of)
+        // A cluster admin releasing a held entry, or removing one.
+        .watches(
+            Api::<SuspendedBinding>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| {
+                policies
+                    .state()
+                    .iter()
+                    .map(|p| ObjectRef::from_obj(p.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .watches(
             Api::<Incident>::all(client.clone()),
             watcher::Config::default(),
@@ -204,29 +236,33 @@ fn policy_of<K: Resource>(object: K) -> Option<ObjectRef<AccessPolicy>> {
         .map(|name| ObjectRef::new(name))
 }
 
-/// The policies a binding event concerns: the policy whose grant it carries, or, for a
-/// binding of a human subject, every policy in Lockdown (it may have to be suspended).
+/// The policies a binding event concerns: the policy whose grant it may be (its label only
+/// brings that policy to look, which then compares the binding with what it wants), and
+/// every policy in Lockdown (the binding may have to be suspended). The control plane's own
+/// bindings concern none.
 fn concerned(policies: &Store<AccessPolicy>, binding: &Binding) -> Vec<ObjectRef<AccessPolicy>> {
-    if lockdown::is_grant(binding) {
-        return binding
-            .labels
-            .get(labels::ACCESS_POLICY)
-            .map(|name| ObjectRef::new(name))
-            .into_iter()
-            .collect();
-    }
-    if !lockdown::is_suspendable(binding, &[]) {
+    if bootstrap::is_bootstrap(binding) {
         return Vec::new();
     }
-    policies
-        .state()
-        .iter()
-        .filter(|p| {
-            p.spec.mode == AccessMode::Lockdown
-                || p.status.as_ref().and_then(|s| s.mode) == Some(AccessMode::Lockdown)
-        })
-        .map(|p| ObjectRef::from_obj(p.as_ref()))
-        .collect()
+    let mut concerned: Vec<ObjectRef<AccessPolicy>> = binding
+        .labels
+        .get(labels::ACCESS_POLICY)
+        .map(|name| ObjectRef::new(name))
+        .into_iter()
+        .collect();
+    concerned.extend(
+        policies
+            .state()
+            .iter()
+            .filter(|p| in_lockdown(p))
+            .map(|p| ObjectRef::from_obj(p.as_ref())),
+    );
+    concerned
+}
+
+fn in_lockdown(policy: &AccessPolicy) -> bool {
+    policy.spec.mode == AccessMode::Lockdown
+        || policy.status.as_ref().and_then(|s| s.mode) == Some(AccessMode::Lockdown)
 }
 
 /// The policies whose grants or remote-access rules name a namespace.
@@ -329,7 +365,8 @@ async fn apply(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Error> {
             .await;
         }
         AccessMode::Normal if started && previous.mode.is_some() => {
-            let note = "restoring the bindings the lockdown suspended";
+            let note =
+                "leaving Lockdown: suspended bindings come back once no policy is in Lockdown";
             publish(
                 ctx,
                 policy,
@@ -346,13 +383,16 @@ async fn apply(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Error> {
     // The lockdown goes first, and nothing else failing holds it back: a grant that cannot
     // be written (say, its namespace is terminating) must not keep anyone's access.
     let mut first_error = None;
-    let mut suspended = 0;
-    if policy.spec.mode == AccessMode::Lockdown {
-        match lock_down(ctx, policy).await {
-            Ok(count) => suspended = count,
-            Err(error) => {
-                first_error.get_or_insert(error);
-            }
+    let mut observed = status::Observed::default();
+    match enforce::converge(ctx, policy, None).await {
+        Ok(summary) => {
+            observed.suspended = summary.suspended;
+            observed.since = summary.since;
+            observed.locked_by = summary.locked_by;
+            observed.not_restored = summary.not_restored;
+        }
+        Err(error) => {
+            first_error.get_or_insert(error);
         }
     }
     let steps = [
@@ -365,37 +405,35 @@ async fn apply(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Error> {
             first_error.get_or_insert(error);
         }
     }
-    if policy.spec.mode == AccessMode::Normal
-        && let Err(error) = lift(ctx, policy).await
-    {
-        first_error.get_or_insert(error);
-    }
     if let Some(error) = first_error {
-        return Err(error);
+        // An object the API server refuses as invalid stays refused until the policy
+        // changes: the status says which and why, instead of a silent retry loop.
+        let Some(refusal) = error.refusal() else {
+            return Err(error);
+        };
+        observed.failed = Some(refusal);
     }
 
     let status = status::compute(
-        policy, &previous, &missing, &locking, &refused, suspended, now,
+        policy, &previous, &missing, &locking, &refused, &observed, now,
     );
     let stalled = |s: &AccessPolicyStatus| {
         s.conditions
             .iter()
             .find(|c| c.type_ == "Stalled" && c.status == "True")
-            .map(|c| c.message.clone())
+            .map(|c| (c.reason.clone(), c.message.clone()))
     };
-    if let Some(message) = stalled(&status).filter(|_| stalled(&previous).is_none()) {
-        publish(
-            ctx,
-            policy,
-            EventType::Warning,
-            &status.conditions[1].reason.clone(),
-            message,
-            None,
-        )
-        .await;
+    if let Some((reason, message)) =
+        stalled(&status).filter(|now| stalled(&previous).as_ref() != Some(now))
+    {
+        publish(ctx, policy, EventType::Warning, &reason, message, None).await;
     }
     if policy.status.as_ref() != Some(&status) {
         write_status(ctx, &name, &status).await?;
+    }
+    if observed.failed.is_some() {
+        // Retried slowly: the spec changing brings the policy back at once.
+        return Ok(Action::requeue(StdDuration::from_secs(60)));
     }
     Ok(match desired::next_expiry(&policy.spec, now) {
         Some(expiry) => {
@@ -416,24 +454,20 @@ async fn locking_incidents(ctx: &Context, policy: &str) -> Result<Vec<String>, E
     Ok(incidents
         .items
         .iter()
-        .filter(|i| locks(i) && i.spec.access_policies.iter().any(|p| p == policy))
+        .filter(|i| enforce::locks(i) && i.spec.access_policies.iter().any(|p| p == policy))
         .map(ResourceExt::name_any)
         .collect())
 }
 
-/// Whether an incident holds the policies it names in Lockdown: a Real one, while open.
-fn locks(incident: &Incident) -> bool {
-    incident.spec.mode == IncidentMode::Real && incident.spec.state == IncidentState::Open
-}
-
-/// A deleted policy: its suspended bindings come back, and what it made goes.
+/// A deleted policy: what it made goes, and its lockdown no longer counts (the bindings come
+/// back unless another policy is in Lockdown).
 async fn cleanup(policy: &AccessPolicy, ctx: &Context) -> Result<Action, Error> {
-    lift(ctx, policy).await?;
+    enforce::converge(ctx, policy, Some(&policy.name_any())).await?;
     let empty = desired::Desired::default();
     apply_remote_access(ctx, policy, &empty.network_policies).await?;
     apply_grants(ctx, policy, &empty, Timestamp::now(), &[]).await?;
     apply_roles(ctx, policy, &empty.cluster_roles).await?;
-    info!(policy = %policy.name_any(), "policy deleted: its bindings are restored and its grants revoked");
+    info!(policy = %policy.name_any(), "policy deleted: its lockdown no longer counts and its grants are revoked");
     Ok(Action::await_change())
 }
 
@@ -511,7 +545,7 @@ async fn apply_grants(
             .iter()
             .find(|c| c.name_any() == rb.name_any() && c.namespace() == rb.namespace());
         if current.is_some_and(|c| {
-            same_binding(&saved::from_role_binding(c), &saved::from_role_binding(rb))
+            lockdown::same_binding(&saved::from_role_binding(c), &saved::from_role_binding(rb))
         }) {
             continue;
         }
@@ -563,7 +597,7 @@ async fn apply_grants(
             .iter()
             .find(|c| c.name_any() == crb.name_any());
         if current.is_some_and(|c| {
-            same_binding(
+            lockdown::same_binding(
                 &saved::from_cluster_role_binding(c),
                 &saved::from_cluster_role_binding(crb),
             )
@@ -674,18 +708,6 @@ async fn apply_grants(
     Ok(())
 }
 
-/// Whether a binding as it is already says what the wanted one says (ignoring what others
-/// added: annotations).
-fn same_binding(current: &Binding, wanted: &Binding) -> bool {
-    current.subjects == wanted.subjects
-        && current.role_ref == wanted.role_ref
-        && current.owner_references == wanted.owner_references
-        && wanted
-            .labels
-            .iter()
-            .all(|(k, v)| current.labels.get(k) == Some(v))
-}
-
 async fn apply_remote_access(
     ctx: &Context,
     policy: &AccessPolicy,
@@ -747,385 +769,6 @@ async fn apply_remote_access(
         }
     }
     Ok(())
-}
-
-fn saves_api(ctx: &Context) -> Api<Secret> {
-    Api::namespaced(ctx.client.clone(), &ctx.namespace)
-}
-
-fn saves_of(policy: Option<&str>) -> ListParams {
-    let mut selector = format!("{}={}", labels::PART, saved::PART);
-    if let Some(policy) = policy {
-        selector.push_str(&format!(",{}={policy}", labels::ACCESS_POLICY));
-    }
-    ListParams::default().labels(&selector)
-}
-
-/// Saves and suspends every human binding that is not break-glass; returns how many
-/// bindings this policy holds suspended.
-async fn lock_down(ctx: &Context, policy: &AccessPolicy) -> Result<u32, Error> {
-    let name = policy.name_any();
-    ensure_namespace(ctx).await?;
-    // Bindings whose subjects became break-glass during the lockdown come back first.
-    let released = lockdown::released(
-        &saves_of_policy(ctx, &name).await?,
-        &policy.spec.break_glass,
-    );
-    restore_saved(ctx, policy, &released).await?;
-
-    let secrets = saves_api(ctx);
-    let saves = secrets
-        .list(&saves_of(None))
-        .await
-        .map_err(kube_error("list", format!("Secrets in {}", ctx.namespace)))?;
-    let saved: BTreeMap<BindingRef, Binding> = saves
-        .items
-        .iter()
-        .filter_map(saved::from_secret)
-        .map(|b| (b.binding.clone(), b))
-        .collect();
-
-    // Every binding in the cluster, with what deleting or changing exactly it needs.
-    let mut bindings = Vec::new();
-    let mut versions: BTreeMap<BindingRef, (Option<String>, Option<String>)> = BTreeMap::new();
-    let rbs = Api::<RoleBinding>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_error("list", "RoleBindings"))?;
-    for rb in &rbs.items {
-        let binding = saved::from_role_binding(rb);
-        versions.insert(binding.binding.clone(), (rb.uid(), rb.resource_version()));
-        bindings.push(binding);
-    }
-    let crbs = Api::<ClusterRoleBinding>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_error("list", "ClusterRoleBindings"))?;
-    for crb in &crbs.items {
-        let binding = saved::from_cluster_role_binding(crb);
-        versions.insert(binding.binding.clone(), (crb.uid(), crb.resource_version()));
-        bindings.push(binding);
-    }
-
-    let steps = lockdown::suspend(&bindings, &saved, &policy.spec.break_glass);
-    for step in &steps {
-        match step {
-            Step::Save(binding) => {
-                let secret = saved::to_secret(binding, &name, &ctx.namespace);
-                match secrets.create(&PostParams::default(), &secret).await {
-                    Ok(_) => {}
-                    // Saved already (by a run cut short, or by another policy): the first
-                    // save is the one that returns.
-                    Err(kube::Error::Api(status)) if status.is_already_exists() => {}
-                    Err(error) => {
-                        return Err(kube_error("save", binding.binding.to_string())(error));
-                    }
-                }
-            }
-            Step::Delete(binding) => {
-                let (uid, _) = versions.get(binding).cloned().unwrap_or_default();
-                let params = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid,
-                        resource_version: None,
-                    }),
-                    ..Default::default()
-                };
-                let result = match binding.kind {
-                    BindingKind::RoleBinding => Api::<RoleBinding>::namespaced(
-                        ctx.client.clone(),
-                        binding.namespace.as_deref().unwrap_or_default(),
-                    )
-                    .delete(&binding.name, &params)
-                    .await
-                    .map(|_| ()),
-                    BindingKind::ClusterRoleBinding => {
-                        Api::<ClusterRoleBinding>::all(ctx.client.clone())
-                            .delete(&binding.name, &params)
-                            .await
-                            .map(|_| ())
-                    }
-                };
-                match result {
-                    Ok(()) => {}
-                    Err(kube::Error::Api(status)) if status.is_not_found() => continue,
-                    Err(error) => return Err(kube_error("suspend", binding.to_string())(error)),
-                }
-                info!(policy = %name, binding = %binding, "binding suspended");
-                publish(
-                    ctx,
-                    policy,
-                    EventType::Normal,
-                    "BindingSuspended",
-                    format!(
-                        "{binding} deleted; saved in Secret {}/{}",
-                        ctx.namespace,
-                        saved::save_name(binding)
-                    ),
-                    Some(binding_reference(binding)),
-                )
-                .await;
-            }
-            Step::Reduce(binding, kept) => {
-                let (_, version) = versions.get(binding).cloned().unwrap_or_default();
-                reduce(ctx, binding, kept, version).await?;
-                info!(policy = %name, binding = %binding, "binding suspended");
-                publish(
-                    ctx,
-                    policy,
-                    EventType::Normal,
-                    "BindingSuspended",
-                    format!(
-                        "{binding}: human subjects removed, {} kept; saved in Secret {}/{}",
-                        describe_subjects(kept),
-                        ctx.namespace,
-                        saved::save_name(binding)
-                    ),
-                    Some(binding_reference(binding)),
-                )
-                .await;
-            }
-            Step::Restore(_) | Step::Forget(_) => {
-                unreachable!("a lockdown only saves and suspends")
-            }
-        }
-    }
-
-    let ours = secrets
-        .list_metadata(&saves_of(Some(&name)))
-        .await
-        .map_err(kube_error("list", format!("Secrets in {}", ctx.namespace)))?;
-    Ok(ours.items.len() as u32)
-}
-
-fn describe_subjects(subjects: &[RbacSubject]) -> String {
-    subjects
-        .iter()
-        .map(|s| format!("{} {}", s.kind, s.name))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Keeps only `kept` subjects on a binding, if it has not changed since it was read.
-async fn reduce(
-    ctx: &Context,
-    binding: &BindingRef,
-    kept: &[RbacSubject],
-    version: Option<String>,
-) -> Result<(), Error> {
-    let patch = Patch::Merge(json!({
-        "metadata": {"resourceVersion": version},
-        "subjects": kept,
-    }));
-    let params = PatchParams::default();
-    let result = match binding.kind {
-        BindingKind::RoleBinding => Api::<RoleBinding>::namespaced(
-            ctx.client.clone(),
-            binding.namespace.as_deref().unwrap_or_default(),
-        )
-        .patch(&binding.name, &params, &patch)
-        .await
-        .map(|_| ()),
-        BindingKind::ClusterRoleBinding => Api::<ClusterRoleBinding>::all(ctx.client.clone())
-            .patch(&binding.name, &params, &patch)
-            .await
-            .map(|_| ()),
-    };
-    result.map_err(kube_error("suspend", binding.to_string()))
-}
-
-/// Restores every binding this policy's lockdown saved, then forgets the save.
-async fn lift(ctx: &Context, policy: &AccessPolicy) -> Result<(), Error> {
-    let saved = saves_of_policy(ctx, &policy.name_any()).await?;
-    restore_saved(ctx, policy, &saved).await
-}
-
-/// The bindings this policy's lockdown saved.
-async fn saves_of_policy(
-    ctx: &Context,
-    policy: &str,
-) -> Result<BTreeMap<BindingRef, Binding>, Error> {
-    let saves = saves_api(ctx)
-        .list(&saves_of(Some(policy)))
-        .await
-        .map_err(kube_error("list", format!("Secrets in {}", ctx.namespace)))?;
-    Ok(saves
-        .items
-        .iter()
-        .filter_map(saved::from_secret)
-        .map(|b| (b.binding.clone(), b))
-        .collect())
-}
-
-/// Puts back each saved binding exactly, then forgets its save.
-async fn restore_saved(
-    ctx: &Context,
-    policy: &AccessPolicy,
-    saved: &BTreeMap<BindingRef, Binding>,
-) -> Result<(), Error> {
-    let name = policy.name_any();
-    let secrets = saves_api(ctx);
-    let mut current = BTreeMap::new();
-    let mut versions = BTreeMap::new();
-    for binding in saved.keys() {
-        if let Some((found, version)) = read_binding(ctx, binding).await? {
-            current.insert(binding.clone(), found);
-            versions.insert(binding.clone(), version);
-        }
-    }
-    for step in lockdown::restore(saved, &current) {
-        match step {
-            Step::Restore(binding) => {
-                let outcome = put_back(
-                    ctx,
-                    &binding,
-                    current.get(&binding.binding),
-                    versions.get(&binding.binding),
-                )
-                .await?;
-                let (type_, reason, note) = match outcome {
-                    Ok(()) => (
-                        EventType::Normal,
-                        "BindingRestored",
-                        format!("{} restored as it was saved", binding.binding),
-                    ),
-                    Err(why) => (
-                        EventType::Warning,
-                        "BindingNotRestored",
-                        format!("{}: {why}", binding.binding),
-                    ),
-                };
-                info!(policy = %name, binding = %binding.binding, reason, "lockdown lifted for binding");
-                let related = Some(binding_reference(&binding.binding));
-                publish(ctx, policy, type_, reason, note, related).await;
-            }
-            Step::Forget(binding) => {
-                let save = saved::save_name(&binding);
-                delete(&secrets, &save, &format!("Secret {}/{save}", ctx.namespace)).await?;
-            }
-            Step::Save(_) | Step::Delete(_) | Step::Reduce(..) => {
-                unreachable!("lifting a lockdown only restores and forgets")
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn read_binding(
-    ctx: &Context,
-    binding: &BindingRef,
-) -> Result<Option<(Binding, String)>, Error> {
-    let found = match binding.kind {
-        BindingKind::RoleBinding => Api::<RoleBinding>::namespaced(
-            ctx.client.clone(),
-            binding.namespace.as_deref().unwrap_or_default(),
-        )
-        .get_opt(&binding.name)
-        .await
-        .map(|rb| rb.map(|rb| (saved::from_role_binding(&rb), rb.resource_version()))),
-        BindingKind::ClusterRoleBinding => Api::<ClusterRoleBinding>::all(ctx.client.clone())
-            .get_opt(&binding.name)
-            .await
-            .map(|crb| {
-                crb.map(|crb| {
-                    (
-                        saved::from_cluster_role_binding(&crb),
-                        crb.resource_version(),
-                    )
-                })
-            }),
-    }
-    .map_err(kube_error("read", binding.to_string()))?;
-    Ok(found.map(|(b, version)| (b, version.unwrap_or_default())))
-}
-
-/// Creates the saved binding again, or replaces what has its name. `Ok(Err(why))` when it
-/// cannot come back: its namespace is gone.
-async fn put_back(
-    ctx: &Context,
-    binding: &Binding,
-    current: Option<&Binding>,
-    version: Option<&String>,
-) -> Result<Result<(), String>, Error> {
-    let what = binding.binding.to_string();
-    let namespace = binding.binding.namespace.clone().unwrap_or_default();
-    // The role of a binding cannot change: a binding of the same name with another role is
-    // deleted first.
-    let replace = current.is_some_and(|c| c.role_ref == binding.role_ref);
-    let post = PostParams::default();
-    let result = match binding.binding.kind {
-        BindingKind::RoleBinding => {
-            let api: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &namespace);
-            let mut object = saved::to_role_binding(binding);
-            if replace {
-                object.metadata.resource_version = version.cloned();
-                api.replace(&binding.binding.name, &post, &object)
-                    .await
-                    .map(|_| ())
-            } else {
-                if current.is_some() {
-                    delete(&api, &binding.binding.name, &what).await?;
-                }
-                api.create(&post, &object).await.map(|_| ())
-            }
-        }
-        BindingKind::ClusterRoleBinding => {
-            let api: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
-            let mut object = saved::to_cluster_role_binding(binding);
-            if replace {
-                object.metadata.resource_version = version.cloned();
-                api.replace(&binding.binding.name, &post, &object)
-                    .await
-                    .map(|_| ())
-            } else {
-                if current.is_some() {
-                    delete(&api, &binding.binding.name, &what).await?;
-                }
-                api.create(&post, &object).await.map(|_| ())
-            }
-        }
-    };
-    match result {
-        Ok(()) => Ok(Ok(())),
-        Err(kube::Error::Api(status))
-            if status.is_not_found() && binding.binding.kind == BindingKind::RoleBinding =>
-        {
-            Ok(Err(format!(
-                "namespace {namespace} no longer exists: the binding is dropped"
-            )))
-        }
-        Err(error) => Err(kube_error("restore", what)(error)),
-    }
-}
-
-/// The operator's namespace, where saves live, made if it is missing.
-async fn ensure_namespace(ctx: &Context) -> Result<(), Error> {
-    let api: Api<Namespace> = Api::all(ctx.client.clone());
-    let what = format!("Namespace {}", ctx.namespace);
-    if api
-        .get_opt(&ctx.namespace)
-        .await
-        .map_err(kube_error("read", what.clone()))?
-        .is_some()
-    {
-        return Ok(());
-    }
-    let namespace = Namespace {
-        metadata: ObjectMeta {
-            name: Some(ctx.namespace.clone()),
-            labels: Some(BTreeMap::from([(
-                labels::MANAGED_BY_KEY.to_owned(),
-                labels::MANAGED_BY.to_owned(),
-            )])),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    match api.create(&PostParams::default(), &namespace).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(()),
-        Err(error) => Err(kube_error("create", what)(error)),
-    }
 }
 
 async fn write_status(ctx: &Context, name: &str, status: &AccessPolicyStatus) -> Result<(), Error> {

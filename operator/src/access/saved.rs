@@ -1,35 +1,33 @@
-//! Where a lockdown keeps the bindings it suspends: one immutable Secret per binding in the
-//! operator's namespace, holding the binding without its server-set fields. A Secret, not a
-//! ConfigMap: who has access to what is not for everyone with `view` on that namespace.
+//! The lockdown ledger's entries: one cluster-scoped SuspendedBinding per binding a
+//! lockdown took away, holding the binding without its server-set fields. Cluster-scoped so
+//! that a namespace admin can neither forge an entry (which would be restored as it says)
+//! nor delete one (which would lose a binding): only the operator and cluster admins write
+//! them.
 //!
-//! Saves carry no owner reference: deleting the policy must not let the garbage collector
-//! take them before they are restored (the policy's finalizer restores them first).
+//! Entries carry no owner reference: deleting a policy must not let the garbage collector
+//! take them before they are restored.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    ByteString,
-    api::{
-        core::v1::Secret,
-        rbac::v1::{ClusterRoleBinding, RoleBinding},
-    },
+    api::rbac::v1::{ClusterRoleBinding, RoleBinding},
+    apimachinery::pkg::apis::meta::v1::Time,
 };
 use kube::api::ObjectMeta;
 
-use super::lockdown::{Binding, BindingKind, BindingRef};
-use crate::labels;
+use super::lockdown::{Binding, BindingKind, BindingRef, Entry};
+use crate::{
+    api::suspended_binding::{
+        SavedBinding, SavedBindingKind, SuspendedBinding, SuspendedBindingSpec,
+    },
+    labels,
+};
 
-/// `resurgo.dev/part` of a save.
-pub const PART: &str = "suspended-binding";
-/// The Secret type of a save.
-pub const SECRET_TYPE: &str = "resurgo.dev/suspended-binding";
-/// The key holding the binding, as JSON.
-pub const KEY: &str = "binding.json";
-/// Annotation naming the saved binding, for people reading the Secret.
+/// Annotation naming the saved binding, for people reading the entry.
 pub const BINDING_ANNOTATION: &str = "resurgo.dev/binding";
 
-/// Name of the save of a binding. Binding names can be long and hold any character but `/`
-/// and `%`, so the name is a hash of the binding's kind, namespace and name; the save
+/// Name of the entry of a binding. Binding names can be long and hold any character but `/`
+/// and `%`, so the name is a hash of the binding's kind, namespace and name; the entry
 /// itself records which binding it holds.
 pub fn save_name(binding: &BindingRef) -> String {
     // FNV-1a, 64 bits: stable across versions and platforms, unlike std's hasher.
@@ -47,48 +45,73 @@ pub fn save_name(binding: &BindingRef) -> String {
     format!("suspended-{hash:016x}")
 }
 
-/// The save of `binding`, made by `policy`, in `namespace`.
-pub fn to_secret(binding: &Binding, policy: &str, namespace: &str) -> Secret {
-    let json = serde_json::to_vec(binding).expect("a binding serialises");
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(save_name(&binding.binding)),
-            namespace: Some(namespace.to_owned()),
-            labels: Some(BTreeMap::from([
-                (
-                    labels::MANAGED_BY_KEY.to_owned(),
-                    labels::MANAGED_BY.to_owned(),
-                ),
-                (labels::ACCESS_POLICY.to_owned(), policy.to_owned()),
-                (labels::PART.to_owned(), PART.to_owned()),
-            ])),
-            annotations: Some(BTreeMap::from([(
-                BINDING_ANNOTATION.to_owned(),
-                binding.binding.to_string(),
-            )])),
-            ..Default::default()
+/// The ledger entry of `entry`, with the binding's uid when it was saved.
+pub fn to_object(entry: &Entry, uid: Option<String>) -> SuspendedBinding {
+    let b = &entry.binding;
+    let mut object = SuspendedBinding::new(
+        &save_name(&b.binding),
+        SuspendedBindingSpec {
+            binding: SavedBinding {
+                kind: match b.binding.kind {
+                    BindingKind::RoleBinding => SavedBindingKind::RoleBinding,
+                    BindingKind::ClusterRoleBinding => SavedBindingKind::ClusterRoleBinding,
+                },
+                namespace: b.binding.namespace.clone(),
+                name: b.binding.name.clone(),
+                labels: b.labels.clone(),
+                annotations: b.annotations.clone(),
+                owner_references: b.owner_references.clone(),
+                subjects: b.subjects.clone(),
+                role_ref: b.role_ref.clone(),
+            },
+            uid,
+            created: entry.created.map(Time),
+            suspended_at: Time(entry.suspended_at),
+            held_after_lockdown: entry.held,
+            release: entry.release,
         },
-        immutable: Some(true),
-        type_: Some(SECRET_TYPE.to_owned()),
-        data: Some(BTreeMap::from([(KEY.to_owned(), ByteString(json))])),
-        ..Default::default()
+    );
+    object.metadata.labels = Some(BTreeMap::from([(
+        labels::MANAGED_BY_KEY.to_owned(),
+        labels::MANAGED_BY.to_owned(),
+    )]));
+    object.metadata.annotations = Some(BTreeMap::from([(
+        BINDING_ANNOTATION.to_owned(),
+        b.binding.to_string(),
+    )]));
+    object
+}
+
+/// The entry a SuspendedBinding holds, or `None` when its name is not the one its binding
+/// would be saved under (an entry is looked up by that name: one under another name would
+/// be a second save of the same binding).
+pub fn from_object(object: &SuspendedBinding) -> Option<Entry> {
+    let saved = &object.spec.binding;
+    let binding = Binding {
+        binding: BindingRef {
+            kind: match saved.kind {
+                SavedBindingKind::RoleBinding => BindingKind::RoleBinding,
+                SavedBindingKind::ClusterRoleBinding => BindingKind::ClusterRoleBinding,
+            },
+            namespace: saved.namespace.clone(),
+            name: saved.name.clone(),
+        },
+        labels: saved.labels.clone(),
+        annotations: saved.annotations.clone(),
+        owner_references: saved.owner_references.clone(),
+        subjects: saved.subjects.clone(),
+        role_ref: saved.role_ref.clone(),
+    };
+    if object.metadata.name.as_deref() != Some(save_name(&binding.binding).as_str()) {
+        return None;
     }
-}
-
-/// The binding a save holds, or `None` when the Secret is not a readable save.
-pub fn from_secret(secret: &Secret) -> Option<Binding> {
-    let bytes = secret.data.as_ref()?.get(KEY)?;
-    serde_json::from_slice(&bytes.0).ok()
-}
-
-/// The policy that made a save.
-pub fn policy_of(secret: &Secret) -> Option<&str> {
-    secret
-        .metadata
-        .labels
-        .as_ref()?
-        .get(labels::ACCESS_POLICY)
-        .map(String::as_str)
+    Some(Entry {
+        binding,
+        created: object.spec.created.as_ref().map(|t| t.0),
+        suspended_at: object.spec.suspended_at.0,
+        held: object.spec.held_after_lockdown,
+        release: object.spec.release,
+    })
 }
 
 fn meta(metadata: &ObjectMeta) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
@@ -198,15 +221,21 @@ mod tests {
             }]),
         };
         let binding = from_role_binding(&original);
-        let secret = to_secret(&binding, "lazio-access", "resurgo-system");
+        let entry = Entry {
+            binding: binding.clone(),
+            created: Some("2026-01-01T00:00:00Z".parse().unwrap()),
+            suspended_at: "2026-02-01T00:00:00Z".parse().unwrap(),
+            held: true,
+            release: false,
+        };
+        let object = to_object(&entry, Some("uid-1".into()));
         assert_eq!(
-            secret.metadata.name.as_deref(),
+            object.metadata.name.as_deref(),
             Some(save_name(&binding.binding).as_str())
         );
-        assert_eq!(policy_of(&secret), Some("lazio-access"));
-        let back = from_secret(&secret).expect("readable");
-        assert_eq!(back, binding);
-        let restored = to_role_binding(&back);
+        let back = from_object(&object).expect("readable");
+        assert_eq!(back, entry);
+        let restored = to_role_binding(&back.binding);
         assert_eq!(restored.subjects, original.subjects);
         assert_eq!(restored.role_ref, original.role_ref);
         assert_eq!(restored.metadata.labels, original.metadata.labels);
@@ -215,6 +244,28 @@ mod tests {
             restored.metadata.uid, None,
             "server-set fields are not restored"
         );
+    }
+
+    #[test]
+    fn an_entry_under_another_name_is_not_read() {
+        let binding = from_role_binding(&RoleBinding {
+            metadata: ObjectMeta {
+                name: Some("b".into()),
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let entry = Entry {
+            binding,
+            created: None,
+            suspended_at: "2026-02-01T00:00:00Z".parse().unwrap(),
+            held: false,
+            release: false,
+        };
+        let mut object = to_object(&entry, None);
+        object.metadata.name = Some("suspended-0000000000000000".into());
+        assert_eq!(from_object(&object), None);
     }
 
     #[test]

@@ -10,6 +10,22 @@ use crate::{
     conditions::conditions,
 };
 
+/// What a reconcile saw beyond the policy: the cluster's lockdown, and an apply the API
+/// server refused.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// Bindings held suspended in the ledger, cluster-wide.
+    pub suspended: u32,
+    /// When the lockdown in force began (none in force: `None`).
+    pub since: Option<Timestamp>,
+    /// Every policy in Lockdown.
+    pub locked_by: Vec<String>,
+    /// Saved bindings the API server refused to restore, each with why.
+    pub not_restored: Vec<String>,
+    /// An object of the policy the API server refused, and its message.
+    pub failed: Option<String>,
+}
+
 /// The status after a reconcile that applied everything it could. `missing` lists the
 /// namespaces that grants or remote-access rules name and that do not exist: their objects
 /// could not be made, so the policy is not Ready, and Stalled until the namespaces appear.
@@ -23,9 +39,10 @@ pub fn compute(
     missing: &[String],
     locking: &[String],
     refused: &[String],
-    suspended: u32,
+    lockdown: &Observed,
     now: Timestamp,
 ) -> AccessPolicyStatus {
+    let suspended = lockdown.suspended;
     let spec = &policy.spec;
     let name = policy.metadata.name.as_deref().unwrap_or_default();
     let generation = policy.metadata.generation;
@@ -55,6 +72,19 @@ pub fn compute(
         format!(" (by Incident {})", locking.join(", "))
     };
     let mut problems = Vec::new();
+    if let Some(failed) = &lockdown.failed {
+        problems.push(("ApplyFailed", failed.clone()));
+    }
+    if !lockdown.not_restored.is_empty() {
+        problems.push((
+            "BindingNotRestored",
+            format!(
+                "{} saved bindings could not be restored: {}",
+                lockdown.not_restored.len(),
+                lockdown.not_restored.join("; ")
+            ),
+        ));
+    }
     if !refused.is_empty() {
         problems.push((
             "GrantWithoutExpiry",
@@ -90,9 +120,14 @@ pub fn compute(
     };
     let (ready, stalled) = if problems.is_empty() {
         let message = match spec.mode {
-            AccessMode::Normal => format!(
+            AccessMode::Normal if lockdown.locked_by.is_empty() => format!(
                 "{} grants in force{expired}; no binding suspended",
                 active_grants.len()
+            ),
+            AccessMode::Normal => format!(
+                "{} grants in force{expired}; {suspended} bindings stay suspended while {} in Lockdown",
+                active_grants.len(),
+                lockdown.locked_by.join(", ")
             ),
             AccessMode::Lockdown => format!(
                 "locked down{by}: {suspended} bindings suspended; {} grants in force{expired}",
@@ -132,6 +167,10 @@ pub fn compute(
         active_grants,
         next_expiry: desired::next_expiry(spec, now).map(Time),
         suspended_bindings: suspended,
+        lockdown_since: match spec.mode {
+            AccessMode::Lockdown => lockdown.since.map(Time),
+            AccessMode::Normal => None,
+        },
     }
 }
 
@@ -167,7 +206,10 @@ mod tests {
             &[],
             &[],
             &[],
-            3,
+            &Observed {
+                suspended: 3,
+                ..Default::default()
+            },
             now,
         );
         assert_eq!(status.mode, Some(AccessMode::Lockdown));
@@ -192,7 +234,18 @@ mod tests {
 
         // A later reconcile keeps the transition time of a condition that did not change.
         let later = now + std::time::Duration::from_secs(60);
-        let again = compute(&policy(), &status, &[], &[], &[], 3, later);
+        let again = compute(
+            &policy(),
+            &status,
+            &[],
+            &[],
+            &[],
+            &Observed {
+                suspended: 3,
+                ..Default::default()
+            },
+            later,
+        );
         assert_eq!(
             again.conditions[0].last_transition_time,
             ready.last_transition_time
@@ -208,7 +261,10 @@ mod tests {
             &[],
             &["ransomware".into()],
             &["on-call".into()],
-            2,
+            &Observed {
+                suspended: 2,
+                ..Default::default()
+            },
             now,
         );
         assert_eq!(status.mode, Some(AccessMode::Lockdown));
@@ -235,7 +291,7 @@ mod tests {
             &["radiology".into()],
             &[],
             &[],
-            0,
+            &Observed::default(),
             now,
         );
         assert_eq!(status.conditions[0].status, "False");

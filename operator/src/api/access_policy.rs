@@ -249,9 +249,14 @@ pub struct AccessPolicyStatus {
     /// The soonest expiry among grants and remote-access rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_expiry: Option<Time>,
-    /// Bindings suspended by the lockdown and saved for restoring.
+    /// Bindings the cluster's lockdown holds suspended (SuspendedBindings), whichever policy
+    /// suspended them.
     #[serde(default)]
     pub suspended_bindings: u32,
+    /// When the lockdown in force began: bindings made after it stay suspended when it ends
+    /// (see SuspendedBinding `heldAfterLockdown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lockdown_since: Option<Time>,
 }
 
 /// A grant in force.

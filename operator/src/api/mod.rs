@@ -1,4 +1,4 @@
-//! The six kinds of the `resurgo.dev/v1alpha1` API, as Rust types.
+//! The kinds of the `resurgo.dev/v1alpha1` API, as Rust types.
 //!
 //! The CRD YAML in `crds/` is generated from these types (`resurgo crd`), so every doc comment
 //! here is what `kubectl explain` shows, and every `x_kube(validation)` is a CEL rule the API
@@ -11,6 +11,7 @@ pub mod backup_store;
 pub mod common;
 pub mod incident;
 pub mod recovery_plan;
+pub mod suspended_binding;
 
 pub use access_policy::AccessPolicy;
 pub use backup::Backup;
@@ -18,6 +19,7 @@ pub use backup_schedule::BackupSchedule;
 pub use backup_store::BackupStore;
 pub use incident::Incident;
 pub use recovery_plan::RecoveryPlan;
+pub use suspended_binding::SuspendedBinding;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -36,6 +38,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         Backup::crd(),
         AccessPolicy::crd(),
         Incident::crd(),
+        SuspendedBinding::crd(),
     ]
     .into_iter()
     .map(tidy_schema)

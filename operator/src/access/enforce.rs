@@ -1,0 +1,529 @@
+//! The cluster's one lockdown, enforced: reads every policy, open incident, binding and
+//! ledger entry, asks [`lockdown::plan`] what to do, and does it, the most powerful bindings
+//! first and many requests at a time.
+//!
+//! Every policy's reconcile calls [`converge`], whatever its own mode: lifting one policy
+//! while another is in Lockdown must bring nothing back, and lifting the last one must
+//! bring everything back. A mutex makes the runs one at a time, so that two policies never
+//! plan from the same stale view.
+
+use std::collections::BTreeMap;
+
+use futures::{StreamExt, stream};
+use k8s_openapi::{
+    api::{
+        authentication::v1::SelfSubjectReview,
+        rbac::v1::{ClusterRoleBinding, RoleBinding, Subject as RbacSubject},
+    },
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions},
+    runtime::events::EventType,
+};
+use serde_json::json;
+use tokio::sync::OnceCell;
+use tracing::{info, warn};
+
+use super::{
+    Context, Error, binding_reference, desired,
+    lockdown::{self, Binding, BindingKind, BindingRef, Entry, Found, Rules, Step},
+    publish, saved,
+};
+use crate::api::{
+    access_policy::{AccessMode, AccessPolicy},
+    incident::{Incident, IncidentMode, IncidentState},
+    suspended_binding::SuspendedBinding,
+};
+
+/// How many requests a lockdown makes at once.
+const PARALLEL: usize = 32;
+
+/// The lockdown as a run left it.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Policies in Lockdown.
+    pub locked_by: Vec<String>,
+    /// When the lockdown in force began.
+    pub since: Option<Timestamp>,
+    /// Ledger entries: bindings held suspended.
+    pub suspended: u32,
+    /// Saved bindings that could not come back, each with why.
+    pub not_restored: Vec<String>,
+}
+
+/// The lockdown state shared by the policies' reconciles.
+#[derive(Default)]
+pub struct Ledger {
+    lock: tokio::sync::Mutex<()>,
+    operator: OnceCell<String>,
+}
+
+/// Brings every binding to what the cluster's lockdown asks for. `reconciling` is the policy
+/// whose reconcile runs it (Events go on it); `deleting` names a policy being deleted, which
+/// no longer counts.
+pub async fn converge(
+    ctx: &Context,
+    reconciling: &AccessPolicy,
+    deleting: Option<&str>,
+) -> Result<Summary, Error> {
+    let _one_at_a_time = ctx.ledger.lock.lock().await;
+    let now = Timestamp::now();
+    let operator = ctx
+        .ledger
+        .operator
+        .get_or_try_init(|| whoami(ctx))
+        .await?
+        .clone();
+
+    let policies = Api::<AccessPolicy>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(super::kube_error("list", "AccessPolicies"))?;
+    let incidents = Api::<Incident>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(super::kube_error("list", "Incidents"))?;
+    let open: Vec<&Incident> = incidents.items.iter().filter(|i| locks(i)).collect();
+
+    let mut rules = Rules {
+        operator: Some(operator),
+        ..Default::default()
+    };
+    let mut locked_by = Vec::new();
+    let mut since: Option<Timestamp> = None;
+    for policy in &policies.items {
+        let name = policy.name_any();
+        // A subject break-glass in any policy is never suspended by any policy.
+        rules
+            .break_glass
+            .extend(policy.spec.break_glass.iter().cloned());
+        if Some(name.as_str()) == deleting || policy.meta().deletion_timestamp.is_some() {
+            continue;
+        }
+        let locking: Vec<String> = open
+            .iter()
+            .filter(|i| i.spec.access_policies.contains(&name))
+            .map(|i| i.name_any())
+            .collect();
+        let (spec, _) = desired::effective(&policy.spec, &locking);
+        if let Some(owner) = policy.controller_owner_ref(&()) {
+            let wanted = desired::desired(&spec, &name, &owner, now);
+            rules.grants.extend(
+                wanted
+                    .role_bindings
+                    .iter()
+                    .map(|(_, rb)| saved::from_role_binding(rb))
+                    .chain(
+                        wanted
+                            .cluster_role_bindings
+                            .iter()
+                            .map(|(_, crb)| saved::from_cluster_role_binding(crb)),
+                    ),
+            );
+        }
+        if spec.mode == AccessMode::Lockdown {
+            locked_by.push(name);
+            let began = policy
+                .status
+                .as_ref()
+                .and_then(|s| s.lockdown_since.as_ref())
+                .map(|t| t.0);
+            since = min(since, began);
+            // The bindings to ServiceAccounts made after the compromise of an incident
+            // that locks a policy down may be the attacker's: they go with the humans'.
+            for incident in open
+                .iter()
+                .filter(|i| i.spec.access_policies.contains(&policy.name_any()))
+            {
+                rules.service_accounts_since = min(
+                    rules.service_accounts_since,
+                    Some(incident.spec.compromised_since.0),
+                );
+            }
+        }
+    }
+    rules.active = !locked_by.is_empty();
+
+    let ledger = read_ledger(ctx).await?;
+    let found = read_bindings(ctx).await?;
+    if rules.active {
+        // A run cut short may have saved before the policy's status said when the lockdown
+        // began: the earliest save of this lockdown bounds it too.
+        let earliest = ledger
+            .values()
+            .filter(|e| !e.held)
+            .map(|e| e.suspended_at)
+            .min();
+        rules.since = Some(min(since, earliest).unwrap_or(now));
+    }
+
+    let chains = lockdown::plan(&found, &ledger, &rules, now);
+    let versions: BTreeMap<BindingRef, Found> = found
+        .into_iter()
+        .map(|f| (f.binding.binding.clone(), f))
+        .collect();
+    let results: Vec<Result<Option<String>, Error>> = stream::iter(chains)
+        .map(|chain| run_chain(ctx, reconciling, chain, &versions))
+        .buffered(PARALLEL)
+        .collect()
+        .await;
+    let mut not_restored = Vec::new();
+    let mut first_error = None;
+    for result in results {
+        match result {
+            Ok(Some(why)) => not_restored.push(why),
+            Ok(None) => {}
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    if let Some(error) = first_error {
+        return Err(error);
+    }
+    let suspended = Api::<SuspendedBinding>::all(ctx.client.clone())
+        .list_metadata(&ListParams::default())
+        .await
+        .map_err(super::kube_error("list", "SuspendedBindings"))?
+        .items
+        .len() as u32;
+    Ok(Summary {
+        locked_by,
+        since: rules.since,
+        suspended,
+        not_restored,
+    })
+}
+
+fn min(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Whether an incident holds the policies it names in Lockdown: a Real one, while open.
+pub fn locks(incident: &Incident) -> bool {
+    incident.spec.mode == IncidentMode::Real && incident.spec.state == IncidentState::Open
+}
+
+/// The operator's own user name, as the API server authenticates it.
+async fn whoami(ctx: &Context) -> Result<String, Error> {
+    let review = Api::<SelfSubjectReview>::all(ctx.client.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .map_err(super::kube_error("create", "SelfSubjectReview"))?;
+    Ok(review
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username)
+        .unwrap_or_default())
+}
+
+async fn read_ledger(ctx: &Context) -> Result<BTreeMap<BindingRef, Entry>, Error> {
+    let entries = Api::<SuspendedBinding>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(super::kube_error("list", "SuspendedBindings"))?;
+    Ok(entries
+        .items
+        .iter()
+        .filter_map(saved::from_object)
+        .map(|e| (e.binding.binding.clone(), e))
+        .collect())
+}
+
+async fn read_bindings(ctx: &Context) -> Result<Vec<Found>, Error> {
+    let created = |meta: &kube::api::ObjectMeta| meta.creation_timestamp.as_ref().map(|t| t.0);
+    let mut found = Vec::new();
+    let rbs = Api::<RoleBinding>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(super::kube_error("list", "RoleBindings"))?;
+    for rb in &rbs.items {
+        found.push(Found {
+            binding: saved::from_role_binding(rb),
+            uid: rb.metadata.uid.clone(),
+            resource_version: rb.metadata.resource_version.clone(),
+            created: created(&rb.metadata),
+        });
+    }
+    let crbs = Api::<ClusterRoleBinding>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(super::kube_error("list", "ClusterRoleBindings"))?;
+    for crb in &crbs.items {
+        found.push(Found {
+            binding: saved::from_cluster_role_binding(crb),
+            uid: crb.metadata.uid.clone(),
+            resource_version: crb.metadata.resource_version.clone(),
+            created: created(&crb.metadata),
+        });
+    }
+    Ok(found)
+}
+
+/// Runs one binding's steps in order. `Ok(Some(why))` when a saved binding cannot come
+/// back (its save is kept).
+async fn run_chain(
+    ctx: &Context,
+    policy: &AccessPolicy,
+    chain: Vec<Step>,
+    versions: &BTreeMap<BindingRef, Found>,
+) -> Result<Option<String>, Error> {
+    let name = policy.name_any();
+    let entries = Api::<SuspendedBinding>::all(ctx.client.clone());
+    for step in chain {
+        match step {
+            Step::Save(entry) => {
+                let uid = versions
+                    .get(&entry.binding.binding)
+                    .and_then(|f| f.uid.clone());
+                let object = saved::to_object(&entry, uid);
+                match entries.create(&PostParams::default(), &object).await {
+                    Ok(_) => {}
+                    // Saved already, by a run cut short: the first save is the one that
+                    // returns.
+                    Err(kube::Error::Api(status)) if status.is_already_exists() => {}
+                    Err(error) => {
+                        return Err(
+                            super::kube_error("save", entry.binding.binding.to_string())(error),
+                        );
+                    }
+                }
+            }
+            Step::Delete(binding, uid) => {
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid,
+                        resource_version: None,
+                    }),
+                    ..Default::default()
+                };
+                let result = match binding.kind {
+                    BindingKind::RoleBinding => Api::<RoleBinding>::namespaced(
+                        ctx.client.clone(),
+                        binding.namespace.as_deref().unwrap_or_default(),
+                    )
+                    .delete(&binding.name, &params)
+                    .await
+                    .map(|_| ()),
+                    BindingKind::ClusterRoleBinding => {
+                        Api::<ClusterRoleBinding>::all(ctx.client.clone())
+                            .delete(&binding.name, &params)
+                            .await
+                            .map(|_| ())
+                    }
+                };
+                match result {
+                    Ok(()) => {}
+                    Err(kube::Error::Api(status)) if status.is_not_found() => return Ok(None),
+                    Err(error) => {
+                        return Err(super::kube_error("suspend", binding.to_string())(error));
+                    }
+                }
+                info!(policy = %name, binding = %binding, "binding suspended");
+                let note = format!(
+                    "{binding} deleted; saved in SuspendedBinding {}",
+                    saved::save_name(&binding)
+                );
+                let related = Some(binding_reference(&binding));
+                publish(
+                    ctx,
+                    policy,
+                    EventType::Normal,
+                    "BindingSuspended",
+                    note,
+                    related,
+                )
+                .await;
+            }
+            Step::Reduce(binding, kept, version) => {
+                reduce(ctx, &binding, &kept, version).await?;
+                info!(policy = %name, binding = %binding, "binding suspended");
+                let note = format!(
+                    "{binding}: suspended subjects removed, {} kept; saved in SuspendedBinding {}",
+                    describe_subjects(&kept),
+                    saved::save_name(&binding)
+                );
+                let related = Some(binding_reference(&binding));
+                publish(
+                    ctx,
+                    policy,
+                    EventType::Normal,
+                    "BindingSuspended",
+                    note,
+                    related,
+                )
+                .await;
+            }
+            Step::Restore(binding) => {
+                let current = versions.get(&binding.binding);
+                match put_back(ctx, &binding, current).await? {
+                    Ok(()) => {
+                        info!(policy = %name, binding = %binding.binding, "binding restored");
+                        let note = format!("{} restored as it was saved", binding.binding);
+                        let related = Some(binding_reference(&binding.binding));
+                        publish(
+                            ctx,
+                            policy,
+                            EventType::Normal,
+                            "BindingRestored",
+                            note,
+                            related,
+                        )
+                        .await;
+                    }
+                    Err(Unrestorable { why, drop }) => {
+                        warn!(policy = %name, binding = %binding.binding, %why, "binding not restored");
+                        let note = format!("{}: {why}", binding.binding);
+                        let related = Some(binding_reference(&binding.binding));
+                        publish(
+                            ctx,
+                            policy,
+                            EventType::Warning,
+                            "BindingNotRestored",
+                            note.clone(),
+                            related,
+                        )
+                        .await;
+                        if !drop {
+                            // Kept in the ledger: nothing is lost, a cluster admin can act.
+                            return Ok(Some(note));
+                        }
+                    }
+                }
+            }
+            Step::Forget(binding) => {
+                let save = saved::save_name(&binding);
+                match entries.delete(&save, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(status)) if status.is_not_found() => {}
+                    Err(error) => {
+                        return Err(super::kube_error(
+                            "delete",
+                            format!("SuspendedBinding {save}"),
+                        )(error));
+                    }
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn describe_subjects(subjects: &[RbacSubject]) -> String {
+    subjects
+        .iter()
+        .map(|s| format!("{} {}", s.kind, s.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Keeps only `kept` subjects on a binding, if it has not changed since it was read.
+async fn reduce(
+    ctx: &Context,
+    binding: &BindingRef,
+    kept: &[RbacSubject],
+    version: Option<String>,
+) -> Result<(), Error> {
+    let patch = Patch::Merge(json!({
+        "metadata": {"resourceVersion": version},
+        "subjects": kept,
+    }));
+    let params = PatchParams::default();
+    let result = match binding.kind {
+        BindingKind::RoleBinding => Api::<RoleBinding>::namespaced(
+            ctx.client.clone(),
+            binding.namespace.as_deref().unwrap_or_default(),
+        )
+        .patch(&binding.name, &params, &patch)
+        .await
+        .map(|_| ()),
+        BindingKind::ClusterRoleBinding => Api::<ClusterRoleBinding>::all(ctx.client.clone())
+            .patch(&binding.name, &params, &patch)
+            .await
+            .map(|_| ()),
+    };
+    result.map_err(super::kube_error("suspend", binding.to_string()))
+}
+
+/// Why a saved binding did not come back; `drop` when it never can (its namespace is gone)
+/// and the save goes.
+struct Unrestorable {
+    why: String,
+    drop: bool,
+}
+
+/// Creates the saved binding again, or replaces what has its name.
+async fn put_back(
+    ctx: &Context,
+    binding: &Binding,
+    current: Option<&Found>,
+) -> Result<Result<(), Unrestorable>, Error> {
+    let what = binding.binding.to_string();
+    let namespace = binding.binding.namespace.clone().unwrap_or_default();
+    // The role of a binding cannot change: a binding of the same name with another role is
+    // deleted first.
+    let replace = current.is_some_and(|c| c.binding.role_ref == binding.role_ref);
+    let version = current.and_then(|c| c.resource_version.clone());
+    let post = PostParams::default();
+    let result = match binding.binding.kind {
+        BindingKind::RoleBinding => {
+            let api: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &namespace);
+            let mut object = saved::to_role_binding(binding);
+            if replace {
+                object.metadata.resource_version = version;
+                api.replace(&binding.binding.name, &post, &object)
+                    .await
+                    .map(|_| ())
+            } else {
+                if current.is_some() {
+                    super::delete(&api, &binding.binding.name, &what).await?;
+                }
+                api.create(&post, &object).await.map(|_| ())
+            }
+        }
+        BindingKind::ClusterRoleBinding => {
+            let api: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
+            let mut object = saved::to_cluster_role_binding(binding);
+            if replace {
+                object.metadata.resource_version = version;
+                api.replace(&binding.binding.name, &post, &object)
+                    .await
+                    .map(|_| ())
+            } else {
+                if current.is_some() {
+                    super::delete(&api, &binding.binding.name, &what).await?;
+                }
+                api.create(&post, &object).await.map(|_| ())
+            }
+        }
+    };
+    match result {
+        Ok(()) => Ok(Ok(())),
+        Err(kube::Error::Api(status))
+            if status.is_not_found() && binding.binding.kind == BindingKind::RoleBinding =>
+        {
+            Ok(Err(Unrestorable {
+                why: format!("namespace {namespace} no longer exists: the binding is dropped"),
+                drop: true,
+            }))
+        }
+        // The operator may not bind this role (the chart's grantable roles), or an
+        // admission policy refuses it: a cluster admin has to put it back.
+        Err(kube::Error::Api(status)) if status.is_forbidden() || status.code == 422 => {
+            Ok(Err(Unrestorable {
+                why: format!(
+                    "the API server refused to restore it ({}); it stays saved in SuspendedBinding {} for a cluster admin",
+                    status.message,
+                    saved::save_name(&binding.binding)
+                ),
+                drop: false,
+            }))
+        }
+        Err(error) => Err(super::kube_error("restore", what)(error)),
+    }
+}
