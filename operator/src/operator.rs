@@ -166,6 +166,11 @@ impl Shared {
     /// The watch configuration for the Resurgo kind a controller reconciles: it carries
     /// `--selector`, so that several operators can share a cluster without reconciling the
     /// same objects. Objects the operator creates are found by their own labels instead.
+    /// `--selector`, if any: the label selector of the Resurgo objects this operator handles.
+    pub fn selector(&self) -> Option<&str> {
+        self.selector.as_deref()
+    }
+
     pub fn watch_config(&self) -> watcher::Config {
         let config = watcher::Config::default();
         match &self.selector {

@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, future::Future, time::Duration};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Secret, ServiceAccount},
+        core::v1::{Namespace, ServiceAccount},
         events::v1::Event,
         networking::v1::NetworkPolicy,
         rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding, RoleRef, Subject},
@@ -26,10 +26,10 @@ use kube::{
 };
 use resurgo::{
     access::{
-        lockdown::{Binding, BindingKind, BindingRef},
-        operator_namespace, saved,
+        lockdown::{Binding, BindingKind, BindingRef, Entry},
+        saved,
     },
-    api::{AccessPolicy, Incident, access_policy::AccessMode},
+    api::{AccessPolicy, Incident, SuspendedBinding, access_policy::AccessMode},
 };
 use resurgo_tests::{client, install_crds, kubectl, unique_name};
 use serde_json::{Value, json};
@@ -563,6 +563,7 @@ async fn lockdown_story(
     let officer = unique_name("duty-officer");
     let technician = unique_name("technician");
     let late = unique_name("late-user");
+    // A name an attacker picks to pass for the control plane.
     let control_plane = format!("system:{}", unique_name("component"));
     let account = format!("system:serviceaccount:{ns}:dispatch");
     let rbs: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
@@ -676,7 +677,7 @@ async fn lockdown_story(
     let locked = set_mode(policies, name, "Lockdown").await;
     let status = locked.status.unwrap();
     assert_eq!(status.mode, Some(AccessMode::Lockdown));
-    assert_eq!(status.suspended_bindings, 3, "{status:?}");
+    assert_eq!(status.suspended_bindings, 4, "{status:?}");
     assert_eq!(
         remote_rules(client, ns).await,
         ["vendor"],
@@ -691,9 +692,9 @@ async fn lockdown_story(
         role_binding(client, ns, "officers").await.as_ref(),
         Some(&originals["officers"])
     );
-    assert_eq!(
-        role_binding(client, ns, "control-plane").await.as_ref(),
-        Some(&originals["control-plane"])
+    assert!(
+        role_binding(client, ns, "control-plane").await.is_none(),
+        "a `system:` name is no pass"
     );
     for (user, groups, allowed) in [
         (nurse.as_str(), vec![], false),
@@ -701,7 +702,7 @@ async fn lockdown_story(
         (contractor.as_str(), vec![], false),
         (officer.as_str(), vec![], true),
         (technician.as_str(), vec![], true),
-        (control_plane.as_str(), vec![], true),
+        (control_plane.as_str(), vec![], false),
         (account.as_str(), vec![], true),
     ] {
         eventually(
@@ -760,7 +761,15 @@ async fn lockdown_story(
 
     // Crash points, made by hand as a killed operator would leave them: one binding saved
     // but not yet deleted, one deleted after being saved. The operator converges.
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &operator_namespace());
+    let ledger: Api<SuspendedBinding> = Api::all(client.clone());
+    let entry = |binding: &Binding| Entry {
+        binding: binding.clone(),
+        policy: name.to_owned(),
+        created: None,
+        suspended_at: Timestamp::now(),
+        held: false,
+        release: false,
+    };
     let saved_not_deleted = Binding {
         binding: BindingRef {
             kind: BindingKind::RoleBinding,
@@ -786,11 +795,8 @@ async fn lockdown_story(
         role_ref: view(),
     };
     for binding in [&saved_not_deleted, &deleted_after_save] {
-        secrets
-            .create(
-                &post,
-                &saved::to_secret(binding, name, &operator_namespace()),
-            )
+        ledger
+            .create(&post, &saved::to_object(&entry(binding), None))
             .await
             .unwrap();
     }
@@ -813,7 +819,7 @@ async fn lockdown_story(
         .await
         .unwrap();
     eventually(
-        "the status counts six suspended bindings",
+        "the status counts seven suspended bindings",
         Duration::from_secs(5),
         || async {
             policies
@@ -823,7 +829,7 @@ async fn lockdown_story(
                 .status
                 .unwrap_or_default()
                 .suspended_bindings
-                == 6
+                == 7
         },
     )
     .await;
@@ -841,7 +847,7 @@ async fn lockdown_story(
         .unwrap();
     assert_eq!(released.spec.mode, AccessMode::Lockdown);
     let status = ready(policies, name).await.status.unwrap();
-    assert_eq!(status.suspended_bindings, 5, "{status:?}");
+    assert_eq!(status.suspended_bindings, 6, "{status:?}");
     assert_eq!(
         essence(&role_binding(client, ns, "by-hand").await.unwrap()),
         essence(&originals["by-hand"])
@@ -853,9 +859,10 @@ async fn lockdown_story(
     )
     .await;
 
-    // Back to Normal: every binding returns exactly as it was.
+    // Back to Normal: every binding returns exactly as it was, but the one made during the
+    // lockdown, which stays suspended.
     let normal = set_mode(policies, name, "Normal").await;
-    assert_eq!(normal.status.unwrap().suspended_bindings, 0);
+    assert_eq!(normal.status.unwrap().suspended_bindings, 1);
     assert_eq!(remote_rules(client, ns).await, ["vendor", "wan"]);
     for (rb_name, original) in &originals {
         let now = role_binding(client, ns, rb_name).await.unwrap();
@@ -863,6 +870,28 @@ async fn lockdown_story(
     }
     let crb_now = cluster_role_binding(client, &clinical_crb).await.unwrap();
     assert_eq!(essence(&crb_now), essence(&crb_original));
+    assert!(role_binding(client, ns, "late").await.is_none());
+    let held = ledger
+        .get(&saved::save_name(&late_original.binding))
+        .await
+        .unwrap();
+    assert!(held.spec.held_after_lockdown, "{held:?}");
+    assert!(!access(&late, &[], "list", "pods", Some(ns)).await);
+    // A cluster admin releases it: it comes back as it was made.
+    ledger
+        .patch(
+            &held.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"release": true}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the released binding comes back",
+        Duration::from_secs(5),
+        || async { role_binding(client, ns, "late").await.is_some() },
+    )
+    .await;
     assert_eq!(
         essence(&role_binding(client, ns, "late").await.unwrap()),
         essence(&late_original)
@@ -879,11 +908,16 @@ async fn lockdown_story(
         ),
         essence(&deleted_after_save)
     );
-    let left = secrets
-        .list(&ListParams::default().labels(&format!("resurgo.dev/access-policy={name}")))
-        .await
-        .unwrap();
-    assert!(left.items.is_empty(), "saves left: {:?}", left.items.len());
+    eventually("no entry of the policy is left", Duration::from_secs(5), || async {
+        ledger
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .all(|e| e.spec.policy != name)
+    })
+    .await;
     for (user, groups) in [
         (nurse.as_str(), vec![]),
         ("anyone", vec![clinical.as_str()]),
@@ -913,10 +947,10 @@ async fn lockdown_story(
     let restored_not_forgotten = saved::from_role_binding(&rbs.get("officers").await.unwrap());
     let before = rbs.get("officers").await.unwrap().resource_version();
     let save_name = saved::save_name(&restored_not_forgotten.binding);
-    secrets
+    ledger
         .create(
             &post,
-            &saved::to_secret(&restored_not_forgotten, name, &operator_namespace()),
+            &saved::to_object(&entry(&restored_not_forgotten), None),
         )
         .await
         .unwrap();
@@ -931,7 +965,7 @@ async fn lockdown_story(
     eventually(
         "the stale save is forgotten",
         Duration::from_secs(5),
-        || async { secrets.get_opt(&save_name).await.unwrap().is_none() },
+        || async { ledger.get_opt(&save_name).await.unwrap().is_none() },
     )
     .await;
     assert_eq!(
@@ -995,6 +1029,8 @@ async fn lockdown_story(
         (permanent.as_str(), vec![], false),
         (technician.as_str(), vec![], true),
         (officer.as_str(), vec![], true),
+        // Its binding was made after the compromise: it may be the attacker's way back.
+        (account.as_str(), vec![], false),
     ] {
         eventually(
             &format!("{user} {groups:?} access is {allowed} under the incident"),
@@ -1023,7 +1059,7 @@ async fn lockdown_story(
         essence(&cluster_role_binding(client, &clinical_crb).await.unwrap()),
         essence(&crb_original)
     );
-    for user in [permanent.as_str(), contractor.as_str()] {
+    for user in [permanent.as_str(), contractor.as_str(), account.as_str()] {
         eventually(
             &format!("{user} has access again"),
             Duration::from_secs(2),
@@ -1137,10 +1173,10 @@ impl Drop for PrivateCluster {
     }
 }
 
-/// The saves in the private cluster.
-async fn save_count(secrets: &Api<Secret>) -> usize {
-    secrets
-        .list_metadata(&ListParams::default().labels("resurgo.dev/part=suspended-binding"))
+/// The ledger entries in the private cluster.
+async fn save_count(ledger: &Api<SuspendedBinding>) -> usize {
+    ledger
+        .list_metadata(&ListParams::default())
         .await
         .unwrap()
         .items
@@ -1150,7 +1186,7 @@ async fn save_count(secrets: &Api<Secret>) -> usize {
 /// Every hand-made binding is either there exactly as made, or saved exactly: nothing lost.
 async fn nothing_lost(
     rbs: &Api<RoleBinding>,
-    secrets: &Api<Secret>,
+    ledger: &Api<SuspendedBinding>,
     originals: &BTreeMap<String, Binding>,
 ) {
     let present: BTreeMap<String, Binding> = rbs
@@ -1161,14 +1197,14 @@ async fn nothing_lost(
         .iter()
         .map(|rb| (rb.name_any(), saved::from_role_binding(rb)))
         .collect();
-    let saves: BTreeMap<String, Binding> = secrets
-        .list(&ListParams::default().labels("resurgo.dev/part=suspended-binding"))
+    let saves: BTreeMap<String, Binding> = ledger
+        .list(&ListParams::default())
         .await
         .unwrap()
         .items
         .iter()
-        .filter_map(saved::from_secret)
-        .map(|b| (b.binding.name.clone(), b))
+        .filter_map(saved::from_object)
+        .map(|e| (e.binding.binding.name.clone(), e.binding))
         .collect();
     for (name, original) in originals {
         let kept = present
@@ -1184,23 +1220,29 @@ async fn nothing_lost(
 #[tokio::test]
 #[ignore = "needs cluster: run tests/run.sh"]
 async fn an_operator_killed_mid_lockdown_and_mid_restore_loses_nothing() {
-    const BINDINGS: usize = 200;
+    // Enough that a lockdown of parallel requests is still under way when the kill comes.
+    const BINDINGS: usize = 1000;
     let mut cluster = PrivateCluster::up();
     let client = cluster.client().await;
     let ns = namespace(&client, "crash").await;
     let rbs: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
-    for i in 0..BINDINGS {
-        rbs.create(
-            &PostParams::default(),
-            &RoleBinding {
-                metadata: meta(&format!("staff-{i}"), Some(&ns)),
-                role_ref: view(),
-                subjects: Some(vec![subject("User", &format!("staff-{i}"))]),
-            },
-        )
-        .await
-        .unwrap();
-    }
+    futures::stream::iter(0..BINDINGS)
+        .for_each_concurrent(16, |i| {
+            let (rbs, ns) = (rbs.clone(), ns.clone());
+            async move {
+                rbs.create(
+                    &PostParams::default(),
+                    &RoleBinding {
+                        metadata: meta(&format!("staff-{i}"), Some(&ns)),
+                        role_ref: view(),
+                        subjects: Some(vec![subject("User", &format!("staff-{i}"))]),
+                    },
+                )
+                .await
+                .unwrap();
+            }
+        })
+        .await;
     let originals: BTreeMap<String, Binding> = rbs
         .list(&ListParams::default())
         .await
@@ -1221,7 +1263,7 @@ async fn an_operator_killed_mid_lockdown_and_mid_restore_loses_nothing() {
         .await
         .unwrap();
     ready(&policies, "crash").await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &operator_namespace());
+    let ledger: Api<SuspendedBinding> = Api::all(client.clone());
 
     // Kill the operator a few bindings into the lockdown.
     policies
@@ -1235,17 +1277,17 @@ async fn an_operator_killed_mid_lockdown_and_mid_restore_loses_nothing() {
     eventually(
         "the lockdown has begun",
         Duration::from_secs(30),
-        || async { save_count(&secrets).await >= 10 },
+        || async { save_count(&ledger).await >= 10 },
     )
     .await;
     cluster.kill_operator();
-    let at_kill = save_count(&secrets).await;
+    let at_kill = save_count(&ledger).await;
     assert!(
         at_kill < BINDINGS,
         "the kill came after the lockdown finished ({at_kill} saves)"
     );
     eprintln!("killed the operator with {at_kill} of {BINDINGS} bindings saved");
-    nothing_lost(&rbs, &secrets, &originals).await;
+    nothing_lost(&rbs, &ledger, &originals).await;
 
     // The restarted operator finishes the lockdown.
     cluster.start_operator();
@@ -1258,7 +1300,7 @@ async fn an_operator_killed_mid_lockdown_and_mid_restore_loses_nothing() {
             .items
             .is_empty()
     );
-    nothing_lost(&rbs, &secrets, &originals).await;
+    nothing_lost(&rbs, &ledger, &originals).await;
 
     // Kill it again a few bindings into the restore.
     policies
@@ -1270,19 +1312,19 @@ async fn an_operator_killed_mid_lockdown_and_mid_restore_loses_nothing() {
         .await
         .unwrap();
     eventually("the restore has begun", Duration::from_secs(30), || async {
-        save_count(&secrets).await <= BINDINGS - 10
+        save_count(&ledger).await <= BINDINGS - 10
     })
     .await;
     cluster.kill_operator();
-    let at_kill = save_count(&secrets).await;
+    let at_kill = save_count(&ledger).await;
     assert!(at_kill > 0, "the kill came after the restore finished");
     eprintln!("killed the operator with {at_kill} of {BINDINGS} bindings still to restore");
-    nothing_lost(&rbs, &secrets, &originals).await;
+    nothing_lost(&rbs, &ledger, &originals).await;
 
     cluster.start_operator();
     let status = ready(&policies, "crash").await.status.unwrap();
     assert_eq!(status.suspended_bindings, 0);
-    assert_eq!(save_count(&secrets).await, 0);
+    assert_eq!(save_count(&ledger).await, 0);
     let restored: BTreeMap<String, Binding> = rbs
         .list(&ListParams::default())
         .await

@@ -12,10 +12,7 @@ use std::sync::LazyLock;
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use serde::Deserialize;
 
-use super::{
-    lockdown::Binding,
-    saved,
-};
+use super::{lockdown::Binding, saved};
 
 const FILES: &[&str] = &[
     include_str!("bootstrap/cluster-role-bindings.yaml"),

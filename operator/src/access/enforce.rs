@@ -7,7 +7,7 @@
 //! bring everything back. A mutex makes the runs one at a time, so that two policies never
 //! plan from the same stale view.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures::{StreamExt, stream};
 use k8s_openapi::{
@@ -81,6 +81,21 @@ pub async fn converge(
         .list(&ListParams::default())
         .await
         .map_err(super::kube_error("list", "AccessPolicies"))?;
+    // With several operators in one cluster (`--selector`), each enforces the lockdowns of
+    // its own policies and restores what they saved; break-glass subjects and grants count
+    // whoever's policy names them.
+    let mine: BTreeSet<String> = match &ctx.selector {
+        None => policies.items.iter().map(|p| p.name_any()).collect(),
+        Some(selector) => Api::<AccessPolicy>::all(ctx.client.clone())
+            .list_metadata(&ListParams::default().labels(selector))
+            .await
+            .map_err(super::kube_error("list", "AccessPolicies"))?
+            .items
+            .iter()
+            .map(|p| p.name_any())
+            .collect(),
+    };
+    let existing: BTreeSet<String> = policies.items.iter().map(|p| p.name_any()).collect();
     let incidents = Api::<Incident>::all(ctx.client.clone())
         .list(&ListParams::default())
         .await
@@ -89,6 +104,7 @@ pub async fn converge(
 
     let mut rules = Rules {
         operator: Some(operator),
+        saver: reconciling.name_any(),
         ..Default::default()
     };
     let mut locked_by = Vec::new();
@@ -123,7 +139,7 @@ pub async fn converge(
                     ),
             );
         }
-        if spec.mode == AccessMode::Lockdown {
+        if spec.mode == AccessMode::Lockdown && mine.contains(&name) {
             locked_by.push(name);
             let began = policy
                 .status
@@ -146,7 +162,12 @@ pub async fn converge(
     }
     rules.active = !locked_by.is_empty();
 
-    let ledger = read_ledger(ctx).await?;
+    // The entries this operator restores: its policies', and those of policies gone.
+    let ledger: BTreeMap<BindingRef, Entry> = read_ledger(ctx)
+        .await?
+        .into_iter()
+        .filter(|(_, e)| mine.contains(&e.policy) || !existing.contains(&e.policy))
+        .collect();
     let found = read_bindings(ctx).await?;
     if rules.active {
         // A run cut short may have saved before the policy's status said when the lockdown

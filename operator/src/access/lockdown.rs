@@ -87,6 +87,8 @@ pub struct Found {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
     pub binding: Binding,
+    /// The policy whose reconcile saved it.
+    pub policy: String,
     /// The binding's creationTimestamp when it was saved.
     pub created: Option<Timestamp>,
     pub suspended_at: Timestamp,
@@ -113,6 +115,8 @@ pub struct Rules {
     pub service_accounts_since: Option<Timestamp>,
     /// The operator's own user name: it never suspends its own access.
     pub operator: Option<String>,
+    /// The policy new entries are saved for.
+    pub saver: String,
 }
 
 /// User names of the control plane's own components: bound by the bootstrap policy, never
@@ -298,6 +302,7 @@ pub fn plan(
                 };
                 chain.push(Step::Save(Entry {
                     binding: f.binding.clone(),
+                    policy: rules.saver.clone(),
                     created: f.created,
                     suspended_at: now,
                     held,
@@ -393,6 +398,7 @@ mod tests {
             grants: Vec::new(),
             service_accounts_since: None,
             operator: Some("system:serviceaccount:resurgo-system:resurgo".into()),
+            saver: "p".into(),
         }
     }
 
@@ -537,6 +543,7 @@ mod tests {
         let entry = |b: &Binding| {
             Step::Save(Entry {
                 binding: b.clone(),
+                policy: "p".into(),
                 created: Some(at(BEFORE)),
                 suspended_at: now,
                 held: false,
@@ -575,6 +582,7 @@ mod tests {
         let recreated = binding("b", vec![subject("User", "mallory")]);
         let entry = Entry {
             binding: original.clone(),
+            policy: "p".into(),
             created: Some(at(BEFORE)),
             suspended_at: at("2026-06-01T00:00:00Z"),
             held: false,
@@ -638,6 +646,7 @@ mod tests {
         );
         let entry = |b: &Binding| Entry {
             binding: b.clone(),
+            policy: "p".into(),
             created: Some(at(BEFORE)),
             suspended_at: at("2026-06-01T00:00:00Z"),
             held: false,

@@ -146,6 +146,8 @@ pub struct Context {
     recorder: crate::events::Recorder,
     /// The cluster's one lockdown.
     ledger: enforce::Ledger,
+    /// `--selector`: the policies this operator enforces.
+    selector: Option<String>,
 }
 
 /// Runs the controller until the operator stops.
@@ -158,6 +160,7 @@ pub async fn run(shared: Shared) {
         client: client.clone(),
         recorder: crate::events::Recorder::new(client.clone(), reporter),
         ledger: enforce::Ledger::default(),
+        selector: shared.selector().map(str::to_owned),
     });
     let controller = shared.controller(Api::<AccessPolicy>::all(client.clone()));
     let policies = controller.store();

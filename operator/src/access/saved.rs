@@ -64,6 +64,7 @@ pub fn to_object(entry: &Entry, uid: Option<String>) -> SuspendedBinding {
                 subjects: b.subjects.clone(),
                 role_ref: b.role_ref.clone(),
             },
+            policy: entry.policy.clone(),
             uid,
             created: entry.created.map(Time),
             suspended_at: Time(entry.suspended_at),
@@ -107,6 +108,7 @@ pub fn from_object(object: &SuspendedBinding) -> Option<Entry> {
     }
     Some(Entry {
         binding,
+        policy: object.spec.policy.clone(),
         created: object.spec.created.as_ref().map(|t| t.0),
         suspended_at: object.spec.suspended_at.0,
         held: object.spec.held_after_lockdown,
@@ -223,6 +225,7 @@ mod tests {
         let binding = from_role_binding(&original);
         let entry = Entry {
             binding: binding.clone(),
+            policy: "lazio-access".into(),
             created: Some("2026-01-01T00:00:00Z".parse().unwrap()),
             suspended_at: "2026-02-01T00:00:00Z".parse().unwrap(),
             held: true,
@@ -258,6 +261,7 @@ mod tests {
         });
         let entry = Entry {
             binding,
+            policy: "p".into(),
             created: None,
             suspended_at: "2026-02-01T00:00:00Z".parse().unwrap(),
             held: false,

@@ -37,6 +37,7 @@ use std::collections::BTreeMap;
         type_ = "string",
         json_path = ".spec.binding.roleRef.name"
     ),
+    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policy"),
     printcolumn(
         name = "Held",
         type_ = "boolean",
@@ -49,6 +50,10 @@ use std::collections::BTreeMap;
 pub struct SuspendedBindingSpec {
     /// The binding as it was when it was suspended.
     pub binding: SavedBinding,
+    /// The AccessPolicy whose reconcile saved it (for people; and, with several operators
+    /// in one cluster, the operator whose policy it is restores it).
+    #[serde(default)]
+    pub policy: String,
     /// The binding's uid when it was suspended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
