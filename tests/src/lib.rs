@@ -5,6 +5,7 @@
 //! `tests/run.sh` exports `KUBECONFIG` and `RESURGO_K8S_BIN`; the tests that need them are
 //! `#[ignore = "needs cluster"]`, so a plain `cargo test` runs only the unit tests.
 
+pub mod access;
 pub mod chaos;
 
 use std::{
