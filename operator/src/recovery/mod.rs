@@ -1168,7 +1168,17 @@ async fn write_status(ctx: &Context, plan: &RecoveryPlan, status: &RecoveryPlanS
             status.tiers.iter().map(|t| t.phase).collect::<Vec<_>>(),
         )
     };
-    let urgent = previous.is_none_or(|(_, previous)| phases(&previous) != phases(status));
+    // A new record of a regenerated Secret is not held back either: until it is written, a
+    // restarted operator would not know the Secret as its own and would regenerate it.
+    fn records(status: &RecoveryPlanStatus) -> impl Iterator<Item = &[WrittenSecret]> {
+        status
+            .services
+            .iter()
+            .map(|s| s.regenerated_secrets.as_slice())
+    }
+    let urgent = previous.as_ref().is_none_or(|(_, previous)| {
+        phases(previous) != phases(status) || records(previous).ne(records(status))
+    });
     ctx.outbox.status(name, plan.uid(), status.clone(), urgent);
 }
 
