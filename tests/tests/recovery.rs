@@ -712,6 +712,48 @@ async fn a_planted_credential_is_replaced_whole_and_a_tampered_one_again_at_the_
     delete_plan(&name).await;
 }
 
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn a_planted_credential_that_cannot_be_replaced_fails_its_service() {
+    install_crds().await;
+    let name = unique_name("immutable");
+    let namespace = format!("{name}-dispatch");
+    apply(
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+            .to_string(),
+    );
+    // Immutable: without the right to delete Secrets the operator cannot replace it, and
+    // must not start the service on it.
+    let mut planted: Value = serde_json::from_str(&planted_secret(&name, &namespace)).unwrap();
+    planted["immutable"] = json!(true);
+    apply(&planted.to_string());
+    let mut dispatch = service("dispatch", "life-critical", &namespace, &[], None);
+    dispatch["regenerateSecrets"] = json!([{"name": "db", "keys": ["password"]}]);
+    apply(&plan(
+        &name,
+        json!({"tiers": [{"name": "life-critical", "rto": "15m"}], "services": [dispatch]}),
+    ));
+    let status = until(&name, "failed the service", |status| {
+        status
+            .services
+            .first()
+            .is_some_and(|s| s.phase == ServicePhase::Failed)
+    })
+    .await;
+    let message = status.services[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains(&format!("Secret {namespace}/db is immutable")),
+        "{message}"
+    );
+    assert!(!message.contains("known-to-the-attacker"));
+    assert!(status.services[0].regenerated_secrets.is_empty());
+    assert!(
+        deployments_of(&name).await.is_empty(),
+        "it ran on a planted credential"
+    );
+    delete_plan(&name).await;
+}
+
 async fn delete_plan(name: &str) {
     let plans: Api<RecoveryPlan> = Api::all(client().await);
     plans.delete(name, &DeleteParams::default()).await.unwrap();
