@@ -14,6 +14,7 @@ pub mod api;
 pub mod backup;
 pub mod conditions;
 pub mod crd_files;
+pub mod credentials;
 pub mod events;
 pub mod incident;
 pub mod labels;

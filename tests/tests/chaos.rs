@@ -2,8 +2,9 @@
 //! kube-apiserver is restarted, at a random moment of a recovery, and the recovery must end
 //! exactly as an undisturbed one would: the plan Ready with a true status, no service started
 //! before the services of earlier tiers and its dependencies were ready, every object created
-//! once (one uid per name, never deleted, regenerated credentials generated once) and none
-//! lost.
+//! once (one uid per name, never deleted) and none lost, and the regenerated credentials
+//! generated once (once more if the kill fell between their write and the status recording
+//! it), as the status records them.
 //!
 //! Everything is asserted from watches this test holds (and, for what a watch only saw when
 //! it listed again, from the API server's history), never from the operator's logs. The

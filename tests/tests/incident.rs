@@ -1,6 +1,7 @@
 //! Incidents on the real control plane, with the operator that tests/run.sh runs: a drill
-//! rebuilds isolated copies and leaves nothing behind, and a real incident starts a plan
-//! that waits for it and rotates credentials older than the compromise.
+//! rebuilds isolated copies and leaves nothing behind, a real incident starts a plan that
+//! waits for it, and rotates every credential that is not, unchanged, the operator's own
+//! write since the compromise.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use k8s_openapi::{
         apps::v1::Deployment,
         core::v1::{ConfigMap, Namespace, Secret},
     },
-    jiff::{Timestamp, Unit},
+    jiff::{self, SignedDuration, Timestamp, Unit},
 };
 use kube::{
     Api, ResourceExt,
@@ -74,6 +75,23 @@ async fn until_incident(name: &str, what: &str, wanted: impl Fn(&Incident) -> bo
             api.get(name).await.ok().and_then(|i| i.status)
         ),
     }
+}
+
+/// The messages of the Events of `reason` on the incident.
+fn events(incident: &str, reason: &str) -> String {
+    kubectl_ok(
+        &[
+            "get",
+            "events",
+            "-A",
+            "--field-selector",
+            &format!("involvedObject.kind=Incident,involvedObject.name={incident},reason={reason}"),
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+        None,
+    )
+    .unwrap()
 }
 
 fn phase(incident: &Incident) -> Option<IncidentPhase> {
@@ -251,7 +269,7 @@ async fn a_drill_rebuilds_isolated_copies_measures_them_and_cleans_up() {
 
 #[tokio::test]
 #[ignore = "needs cluster"]
-async fn a_real_incident_starts_its_plan_and_rotates_credentials_older_than_the_compromise() {
+async fn a_real_incident_starts_its_plan_and_a_planted_credential_counts_for_nothing() {
     install_crds().await;
     let client = client().await;
     let plan_name = unique_name("incident-plan");
@@ -260,14 +278,17 @@ async fn a_real_incident_starts_its_plan_and_rotates_credentials_older_than_the_
     let finance = unique_name("inc-finance");
     kubectl_ok(&["create", "namespace", &finance], None).unwrap();
     kubectl_ok(&["create", "namespace", &critical], None).unwrap();
-    // A credential left over from before the attack, marked as the plan's own: the
-    // rebuild keeps it, the incident must not.
+    // A credential planted by the attacker to look like the plan's own regeneration: its
+    // labels, a rotation annotation in the future and a key of its own. Neither the rebuild
+    // nor the incident may take it for the operator's.
     apply(
         &json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "dispatch-db", "namespace": critical,
-                         "labels": {"resurgo.dev/plan": plan_name}},
-            "stringData": {"password": "before-the-attack"}
+                         "labels": {"resurgo.dev/plan": plan_name, "resurgo.dev/service": "dispatch",
+                                    "resurgo.dev/part": "secret"},
+                         "annotations": {"resurgo.dev/rotated-at": "2999-01-01T00:00:00Z"}},
+            "stringData": {"password": "before-the-attack", "backdoor": "attacker-key"}
         })
         .to_string(),
     );
@@ -295,9 +316,17 @@ async fn a_real_incident_starts_its_plan_and_rotates_credentials_older_than_the_
     let ours = ListParams::default().labels(&format!("resurgo.dev/plan={plan_name}"));
     assert!(deployments.list(&ours).await.unwrap().items.is_empty());
 
-    // The compromise came after the leftover credential was made.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let compromised_since = Timestamp::now().round(Unit::Second).unwrap().to_string();
+    // When the Secret was made does not matter: planted after the compromise, it is still
+    // not the operator's. A second before now, so that the plan's regeneration, recorded to
+    // the second, is after it.
+    let compromised_since = (Timestamp::now() - SignedDuration::from_secs(1))
+        .round(
+            jiff::TimestampRound::new()
+                .smallest(Unit::Second)
+                .mode(jiff::RoundMode::Floor),
+        )
+        .unwrap()
+        .to_string();
     let name = unique_name("ransomware");
     apply(&incident(&name, &plan_name, "Real", &compromised_since).to_string());
     let recovered = until_incident(&name, "recovered", |i| {
@@ -353,35 +382,38 @@ async fn a_real_incident_starts_its_plan_and_rotates_credentials_older_than_the_
     assert_eq!(plan.status.unwrap().phase, Some(PlanPhase::Recovered));
     assert_eq!(status.tiers.len(), 3, "{:#?}", status.tiers);
 
-    // The leftover credential was rotated; the value is new and says when.
+    // The planted credential was replaced whole by the rebuild, after the compromise, and the
+    // incident counted it from the plan's record of that write (uid and resourceVersion), not
+    // from anything the Secret says about itself.
     let secret = Api::<Secret>::namespaced(client.clone(), &critical)
         .get("dispatch-db")
         .await
         .unwrap();
-    let password = secret.data.as_ref().unwrap()["password"].0.clone();
+    let data = secret.data.clone().unwrap();
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["password"]);
+    let password = data["password"].0.clone();
     assert_ne!(password, b"before-the-attack");
     assert_eq!(password.len(), 64, "32 random bytes, hex");
-    assert!(secret.annotations().contains_key("resurgo.dev/rotated-at"));
-    let events = kubectl_ok(
-        &[
-            "get",
-            "events",
-            "-A",
-            "--field-selector",
-            &format!(
-                "involvedObject.kind=Incident,involvedObject.name={name},reason=CredentialRotated"
-            ),
-            "-o",
-            "jsonpath={.items[*].message}",
-        ],
-        None,
-    )
-    .unwrap();
+    assert!(!secret.annotations().contains_key("resurgo.dev/rotated-at"));
+    let plan = plans.get(&plan_name).await.unwrap();
+    let dispatch = &plan.status.as_ref().unwrap().services[0];
+    let compromise: Timestamp = compromised_since.parse().unwrap();
     assert!(
-        events.contains(&format!("{critical}/dispatch-db")),
-        "{events:?}"
+        dispatch.regenerated_secrets.iter().any(|r| {
+            Some(&r.uid) == secret.metadata.uid.as_ref()
+                && Some(&r.resource_version) == secret.metadata.resource_version.as_ref()
+                && r.written.0 > compromise
+        }),
+        "no record of the Secret as it is: {:?}",
+        dispatch.regenerated_secrets
     );
-    assert!(!events.contains("before-the-attack"));
+    // Counted, not rotated a second time.
+    assert!(
+        status.rotated_secrets.is_empty(),
+        "{:?}",
+        status.rotated_secrets
+    );
+    assert_eq!(events(&name, "CredentialRotated"), "");
 
     // Closing the incident ends it.
     let mut closed = incident(&name, &plan_name, "Real", &compromised_since);
@@ -409,4 +441,114 @@ async fn a_real_incident_starts_its_plan_and_rotates_credentials_older_than_the_
     for namespace in [&critical, &booking, &finance] {
         let _ = kubectl(&["delete", "namespace", namespace, "--wait=false"], None);
     }
+}
+
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn an_incident_rotates_a_credential_changed_since_the_operator_wrote_it() {
+    install_crds().await;
+    let client = client().await;
+    let plan_name = unique_name("tampered-plan");
+    let namespace = unique_name("tampered");
+    // Compromised since before the plan ran: the plan's own regeneration is newer, and an
+    // untouched one would count as rotated.
+    let compromised_since = (Timestamp::now() - SignedDuration::from_secs(60))
+        .round(Unit::Second)
+        .unwrap()
+        .to_string();
+    apply(
+        &json!({
+            "apiVersion": "resurgo.dev/v1alpha1", "kind": "RecoveryPlan",
+            "metadata": {"name": plan_name},
+            "spec": {
+                "tiers": [{"name": "life-critical", "rto": "15m"}],
+                "services": [{"name": "dispatch", "tier": "life-critical", "namespace": namespace,
+                              "workload": {"manifests": [deployment("dispatch", None)]},
+                              "regenerateSecrets": [{"name": "dispatch-db", "keys": ["password"]}]}]
+            }
+        })
+        .to_string(),
+    );
+    let plans: Api<RecoveryPlan> = Api::all(client.clone());
+    let recovered = tokio::time::timeout(
+        Duration::from_secs(60),
+        await_condition(plans.clone(), &plan_name, |p: Option<&RecoveryPlan>| {
+            p.and_then(|p| p.status.as_ref())
+                .is_some_and(|s| s.phase == Some(PlanPhase::Recovered))
+        }),
+    )
+    .await;
+    assert!(recovered.is_ok(), "the plan never recovered");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let regenerated = secrets.get("dispatch-db").await.unwrap();
+
+    // The attacker adds a key to the Secret the plan regenerated, and leaves its labels.
+    kubectl_ok(
+        &[
+            "-n",
+            &namespace,
+            "patch",
+            "secret",
+            "dispatch-db",
+            "--type=merge",
+            "-p",
+            r#"{"stringData": {"backdoor": "attacker-key"}}"#,
+        ],
+        None,
+    )
+    .unwrap();
+
+    let name = unique_name("tampering");
+    apply(&incident(&name, &plan_name, "Real", &compromised_since).to_string());
+    let done = until_incident(&name, "recovered", |i| {
+        matches!(
+            phase(i),
+            Some(IncidentPhase::Recovered | IncidentPhase::Failed)
+        )
+    })
+    .await;
+    let status = done.status.clone().unwrap();
+    assert_eq!(phase(&done), Some(IncidentPhase::Recovered), "{status:#?}");
+
+    // Rotated: the tampered Secret was not counted as the operator's, and the rotation
+    // replaced it whole.
+    let rotated = secrets.get("dispatch-db").await.unwrap();
+    let data = rotated.data.clone().unwrap();
+    assert_eq!(
+        data.keys().collect::<Vec<_>>(),
+        ["password"],
+        "the attacker's key survived"
+    );
+    assert_ne!(data["password"], regenerated.data.unwrap()["password"]);
+    assert_eq!(data["password"].0.len(), 64, "32 random bytes, hex");
+    assert!(rotated.annotations().contains_key("resurgo.dev/rotated-at"));
+    assert_eq!(
+        status.rotated_secrets.len(),
+        1,
+        "{:?}",
+        status.rotated_secrets
+    );
+    let record = &status.rotated_secrets[0];
+    assert_eq!(
+        (record.namespace.as_str(), record.name.as_str()),
+        (namespace.as_str(), "dispatch-db")
+    );
+    assert_eq!(Some(&record.uid), rotated.metadata.uid.as_ref());
+    assert_eq!(
+        Some(&record.resource_version),
+        rotated.metadata.resource_version.as_ref()
+    );
+    let messages = events(&name, "CredentialRotated");
+    assert!(
+        messages.contains(&format!("{namespace}/dispatch-db")),
+        "{messages:?}"
+    );
+    assert!(!messages.contains("attacker-key"));
+
+    let _ = kubectl(&["delete", "incident", &name, "--wait=false"], None);
+    let _ = kubectl(
+        &["delete", "recoveryplan", &plan_name, "--wait=false"],
+        None,
+    );
+    let _ = kubectl(&["delete", "namespace", &namespace, "--wait=false"], None);
 }

@@ -587,6 +587,173 @@ async fn an_invalid_plan_is_stalled_and_creates_nothing() {
     delete_plan(&name).await;
 }
 
+/// What an attacker who may write Secrets in the namespace plants before a recovery: the
+/// plan's own labels, an annotation claiming a rotation in the future, a value they know and
+/// a key of their own.
+fn planted_secret(plan: &str, namespace: &str) -> String {
+    json!({"apiVersion": "v1", "kind": "Secret",
+           "metadata": {"name": "db", "namespace": namespace,
+                        "labels": {"resurgo.dev/plan": plan, "resurgo.dev/service": "dispatch",
+                                   "resurgo.dev/part": "secret", "planted-by": "attacker"},
+                        "annotations": {"resurgo.dev/rotated-at": "2999-01-01T00:00:00Z"}},
+           "stringData": {"password": "known-to-the-attacker", "backdoor": "attacker-key"}})
+    .to_string()
+}
+
+/// The Secret's keys and values, as text.
+fn values(secret: &Secret) -> BTreeMap<String, String> {
+    secret
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+        .collect()
+}
+
+/// Asserts that `secret` is exactly what the operator wrote for the plan: only the listed key,
+/// fresh, nothing of the attacker's, and recorded (uid and resourceVersion) in the status.
+fn assert_regenerated_whole(
+    secret: &Secret,
+    record: &[resurgo::api::common::WrittenSecret],
+    plan: &str,
+) {
+    let data = values(secret);
+    assert_eq!(
+        data.keys().collect::<Vec<_>>(),
+        ["password"],
+        "{:?}",
+        data.keys()
+    );
+    assert_ne!(data["password"], "known-to-the-attacker");
+    assert_eq!(data["password"].len(), 64, "32 random bytes, hex");
+    assert_eq!(
+        secret.labels().get("resurgo.dev/plan").map(String::as_str),
+        Some(plan)
+    );
+    assert!(
+        !secret.labels().contains_key("planted-by"),
+        "{:?}",
+        secret.labels()
+    );
+    assert!(
+        !secret.annotations().contains_key("resurgo.dev/rotated-at"),
+        "{:?}",
+        secret.annotations()
+    );
+    assert_eq!(record.len(), 1, "{record:?}");
+    assert_eq!(Some(&record[0].uid), secret.metadata.uid.as_ref());
+    assert_eq!(
+        Some(&record[0].resource_version),
+        secret.metadata.resource_version.as_ref(),
+        "the status does not record the Secret as it is"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn a_planted_credential_is_replaced_whole_and_a_tampered_one_again_at_the_next_start() {
+    install_crds().await;
+    let name = unique_name("planted");
+    let namespace = format!("{name}-dispatch");
+    let client = client().await;
+    apply(
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+            .to_string(),
+    );
+    apply(&planted_secret(&name, &namespace));
+    let mut dispatch = service("dispatch", "life-critical", &namespace, &[], None);
+    dispatch["regenerateSecrets"] = json!([{"name": "db", "keys": ["password"]}]);
+    apply(&plan(
+        &name,
+        json!({"tiers": [{"name": "life-critical", "rto": "15m"}], "services": [dispatch]}),
+    ));
+    wait(&name, "Ready", "60s");
+
+    // The plan's labels and a rotation "in the future" made it look like the operator's
+    // own: it was replaced all the same, and nothing of the attacker's survived.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let secret = secrets.get("db").await.unwrap();
+    let status = plan_status(&name).await;
+    assert_regenerated_whole(&secret, &status.services[0].regenerated_secrets, &name);
+    let first = values(&secret)["password"].clone();
+
+    // The attacker adds a key to the regenerated Secret. At the service's next start (its
+    // Deployment is lost) the Secret is no longer the operator's write: replaced again.
+    kubectl_ok(
+        &[
+            "-n",
+            &namespace,
+            "patch",
+            "secret",
+            "db",
+            "--type=merge",
+            "-p",
+            r#"{"stringData": {"backdoor": "attacker-key"}}"#,
+        ],
+        None,
+    )
+    .unwrap();
+    Api::<Deployment>::namespaced(client.clone(), &namespace)
+        .delete("dispatch", &DeleteParams::default())
+        .await
+        .unwrap();
+    let status = until(&name, "rebuilt and ready again", |status| {
+        status.services[0].attempts == 2 && status.services[0].phase == ServicePhase::Ready
+    })
+    .await;
+    let secret = secrets.get("db").await.unwrap();
+    assert_regenerated_whole(&secret, &status.services[0].regenerated_secrets, &name);
+    assert_ne!(
+        values(&secret)["password"],
+        first,
+        "a tampered Secret was kept"
+    );
+    delete_plan(&name).await;
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn a_planted_credential_that_cannot_be_replaced_fails_its_service() {
+    install_crds().await;
+    let name = unique_name("immutable");
+    let namespace = format!("{name}-dispatch");
+    apply(
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+            .to_string(),
+    );
+    // Immutable: without the right to delete Secrets the operator cannot replace it, and
+    // must not start the service on it.
+    let mut planted: Value = serde_json::from_str(&planted_secret(&name, &namespace)).unwrap();
+    planted["immutable"] = json!(true);
+    apply(&planted.to_string());
+    let mut dispatch = service("dispatch", "life-critical", &namespace, &[], None);
+    dispatch["regenerateSecrets"] = json!([{"name": "db", "keys": ["password"]}]);
+    apply(&plan(
+        &name,
+        json!({"tiers": [{"name": "life-critical", "rto": "15m"}], "services": [dispatch]}),
+    ));
+    let status = until(&name, "failed the service", |status| {
+        status
+            .services
+            .first()
+            .is_some_and(|s| s.phase == ServicePhase::Failed)
+    })
+    .await;
+    let message = status.services[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains(&format!("Secret {namespace}/db is immutable")),
+        "{message}"
+    );
+    assert!(!message.contains("known-to-the-attacker"));
+    assert!(status.services[0].regenerated_secrets.is_empty());
+    assert!(
+        deployments_of(&name).await.is_empty(),
+        "it ran on a planted credential"
+    );
+    delete_plan(&name).await;
+}
+
 async fn delete_plan(name: &str) {
     let plans: Api<RecoveryPlan> = Api::all(client().await);
     plans.delete(name, &DeleteParams::default()).await.unwrap();

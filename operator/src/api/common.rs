@@ -4,6 +4,7 @@
 
 use std::{borrow::Cow, fmt, time::Duration as StdDuration};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
@@ -253,6 +254,25 @@ pub struct KeyRef {
     /// The key whose value is used.
     #[schemars(length(min = 1, max = 253))]
     pub key: String,
+}
+
+/// A Secret the operator gave fresh values, as its own write returned it. The operator
+/// trusts a Secret as its regeneration only while the Secret still has this uid and this
+/// resourceVersion: any later write, by anyone, gives it another resourceVersion. Labels and
+/// annotations on the Secret are never read for that. Holds no value of the Secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WrittenSecret {
+    /// Namespace of the Secret.
+    pub namespace: String,
+    /// Name of the Secret.
+    pub name: String,
+    /// Its uid after the write.
+    pub uid: String,
+    /// Its resourceVersion after the write.
+    pub resource_version: String,
+    /// When the operator wrote it.
+    pub written: Time,
 }
 
 #[cfg(test)]

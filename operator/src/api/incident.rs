@@ -5,6 +5,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::common::WrittenSecret;
+
 /// An incident. Applying one locks access down, freezes backup pruning, chooses a clean
 /// restore point for every service, runs the recovery plans in tier order and regenerates
 /// credentials, recording each step in `status.timeline`. Setting `state: Closed` lifts
@@ -174,6 +176,10 @@ pub struct IncidentStatus {
     /// Time to ready per tier against its RTO (filled by drills and real recoveries).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tiers: Vec<TierResult>,
+    /// The credentials the RotateCredentials step gave fresh values, as written (uid and
+    /// resourceVersion, never values), one entry per Secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rotated_secrets: Vec<WrittenSecret>,
 }
 
 /// Phase of an incident.

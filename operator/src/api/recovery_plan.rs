@@ -5,7 +5,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{DNS_LABEL, Duration, JobTemplate, NamespacedRef, embedded_objects_schema};
+use super::common::{
+    DNS_LABEL, Duration, JobTemplate, NamespacedRef, WrittenSecret, embedded_objects_schema,
+};
 
 /// A recovery plan: the services of a platform grouped into ordered priority tiers, each
 /// with its dependencies and what it takes to rebuild it. Applying a plan to a clean cluster
@@ -428,4 +430,10 @@ pub struct ServiceStatus {
     /// How many times it was started (a rebuild after its objects disappeared counts).
     #[serde(default)]
     pub attempts: u32,
+    /// The Secrets of `regenerateSecrets` as the operator last wrote them (uid and
+    /// resourceVersion, never values): a Secret that no longer matches its entry is not the
+    /// operator's and gets fresh values at the service's next start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub regenerated_secrets: Vec<WrittenSecret>,
 }

@@ -47,6 +47,7 @@ use self::{
     timeline::Step,
 };
 use crate::{
+    api::common::WrittenSecret,
     api::{
         access_policy::AccessPolicy,
         backup::Backup,
@@ -59,12 +60,14 @@ use crate::{
     },
     backup,
     conditions::conditions,
+    credentials,
     labels::{self, FIELD_MANAGER},
     metrics::Metrics,
     operator::Shared,
 };
 
-/// Annotation recording when the operator last gave a Secret fresh values.
+/// Annotation telling people when the operator last gave a Secret fresh values. Never read:
+/// what counts is the operator's record in `status.rotatedSecrets` (see [`credentials`]).
 pub const ROTATED_AT: &str = "resurgo.dev/rotated-at";
 
 /// How many act-then-look rounds one reconcile makes before leaving the rest to the
@@ -81,6 +84,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("{object} {reason}")]
+    Refused { object: String, reason: String },
 }
 
 fn kube_error(
@@ -280,10 +285,21 @@ async fn reconcile(incident: Arc<Incident>, ctx: Arc<Context>) -> Result<Action,
             write_status(&ctx, &incident, &next).await?;
             status = next;
         }
-        match advance.action {
-            Some(action) => act(&ctx, &incident, action).await?,
-            None => break,
+        let Some(action) = advance.action else {
+            break;
+        };
+        let mut written = Vec::new();
+        let acted = act(&ctx, &incident, action, &mut written).await;
+        // Recorded even when a later write failed: what was rotated is not rotated again.
+        if !written.is_empty() {
+            let mut next = status.clone();
+            for record in written {
+                credentials::remember(&mut next.rotated_secrets, record);
+            }
+            write_status(&ctx, &incident, &next).await?;
+            status = next;
         }
+        acted?;
     }
     Ok(Action::await_change())
 }
@@ -451,7 +467,7 @@ async fn observe(
         .iter()
         .any(|e| e.step == Step::Recover.name() && e.state == StepState::Done);
     if incident.spec.mode == IncidentMode::Real && recovered && due(Step::RotateCredentials) {
-        observed.stale_secrets = Some(stale_secrets(ctx, incident, &observed.plans).await?);
+        observed.stale_secrets = Some(stale_secrets(ctx, incident, status, &observed.plans).await?);
     }
     Ok(observed)
 }
@@ -523,35 +539,42 @@ async fn choose_restore_points(
     Ok(points)
 }
 
-/// The credentials the plans regenerate that are missing or older than the compromise.
+/// The credentials the plans regenerate that are not, unchanged, a write of the operator
+/// made after the compromise: missing, older, planted, or changed since by anyone. The
+/// operator's writes are those its own records name: the plan's, per service, and this
+/// incident's rotations.
 async fn stale_secrets(
     ctx: &Context,
     incident: &Incident,
+    status: &IncidentStatus,
     plans: &BTreeMap<String, RecoveryPlan>,
 ) -> Result<Vec<SecretToRotate>, Error> {
     let mut stale = Vec::new();
     for (plan_name, plan) in plans {
+        let services = plan
+            .status
+            .as_ref()
+            .map(|s| s.services.as_slice())
+            .unwrap_or_default();
         for service in &plan.spec.services {
             if service.action != ServiceAction::Rebuild {
                 continue;
             }
+            let regenerated = services
+                .iter()
+                .filter(|s| s.name == service.name)
+                .flat_map(|s| &s.regenerated_secrets);
             let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &service.namespace);
             for wanted in &service.regenerate_secrets {
-                let found = secrets
-                    .get_metadata_opt(&wanted.name)
-                    .await
-                    .map_err(kube_error(
-                        "read",
-                        format!("Secret {}/{}", service.namespace, wanted.name),
-                    ))?;
-                let fresh = found.is_some_and(|s| {
-                    let rotated = s
-                        .annotations()
-                        .get(ROTATED_AT)
-                        .and_then(|t| t.parse::<Timestamp>().ok());
-                    checks::is_fresh(
-                        s.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                        rotated,
+                let found = secrets.get_opt(&wanted.name).await.map_err(kube_error(
+                    "read",
+                    format!("Secret {}/{}", service.namespace, wanted.name),
+                ))?;
+                let records = regenerated.clone().chain(&status.rotated_secrets);
+                let fresh = found.as_ref().is_some_and(|s| {
+                    credentials::fresh_since(
+                        records,
+                        &s.metadata,
                         incident.spec.compromised_since.0,
                     )
                 });
@@ -561,6 +584,7 @@ async fn stale_secrets(
                         service: service.name.clone(),
                         namespace: service.namespace.clone(),
                         secret: wanted.clone(),
+                        refused: found.as_ref().and_then(credentials::refusal),
                     });
                 }
             }
@@ -569,8 +593,13 @@ async fn stale_secrets(
     Ok(stale)
 }
 
-/// Does what a step asked for.
-async fn act(ctx: &Context, incident: &Incident, action: Act) -> Result<(), Error> {
+/// Does what a step asked for. The credentials it rotates are added to `written`.
+async fn act(
+    ctx: &Context,
+    incident: &Incident,
+    action: Act,
+    written: &mut Vec<WrittenSecret>,
+) -> Result<(), Error> {
     let apply = PatchParams::apply(FIELD_MANAGER).force();
     match action {
         Act::CreateCopies(copies) => {
@@ -602,6 +631,14 @@ async fn act(ctx: &Context, incident: &Incident, action: Act) -> Result<(), Erro
         Act::Rotate(secrets) => {
             let now = Timestamp::now();
             for stale in secrets {
+                let object = format!("Secret {}/{}", stale.namespace, stale.secret.name);
+                let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &stale.namespace);
+                // Read again just before the write: the replacement is conditional on what
+                // it removes.
+                let existing = api
+                    .get_opt(&stale.secret.name)
+                    .await
+                    .map_err(kube_error("read", object.clone()))?;
                 let mut secret = crate::recovery::desired::regenerated_secret(
                     &stale.secret,
                     &stale.namespace,
@@ -615,22 +652,21 @@ async fn act(ctx: &Context, incident: &Incident, action: Act) -> Result<(), Erro
                 secret
                     .annotations_mut()
                     .insert(ROTATED_AT.to_owned(), now.to_string());
-                let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &stale.namespace);
-                api.patch(&stale.secret.name, &apply, &Patch::Apply(&secret))
+                let record = credentials::write(&api, existing.as_ref(), &secret, now)
                     .await
-                    .map_err(kube_error(
-                        "rotate",
-                        format!("Secret {}/{}", stale.namespace, stale.secret.name),
-                    ))?;
+                    .map_err(kube_error("rotate", object.clone()))?
+                    .map_err(|reason| Error::Refused {
+                        object: object.clone(),
+                        reason,
+                    })?;
+                written.push(record);
                 publish(
                     ctx,
                     incident,
                     EventType::Normal,
                     "CredentialRotated",
                     format!(
-                        "{}/{}: fresh values for {} keys (it predated the compromise)",
-                        stale.namespace,
-                        stale.secret.name,
+                        "{object}: fresh values for {} keys (not the operator's own write since compromisedSince)",
                         stale.secret.keys.len()
                     ),
                 )

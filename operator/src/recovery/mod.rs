@@ -44,7 +44,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ListParams, PartialObjectMeta, Patch, PatchParams, PostParams},
+    api::{ListParams, PartialObjectMeta, PostParams},
     core::ApiResource,
     discovery::Scope,
     runtime::{
@@ -61,6 +61,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::{
+    api::common::WrittenSecret,
     api::{
         incident::Incident,
         recovery_plan::{
@@ -69,8 +70,7 @@ use crate::{
         },
     },
     backup::dump_restore,
-    incident,
-    labels::{self, FIELD_MANAGER},
+    credentials, incident, labels,
     metrics::Metrics,
     operator::{Shared, TriggerBackoff, spawn_watch},
     planner::{self, ServiceProgress},
@@ -384,7 +384,8 @@ async fn reconcile(meta: Arc<PlanMeta>, ctx: Arc<Context>) -> Result<Action, Err
                 async move {
                     let result = match ready_to_start(ctx, plan, service, &mut record).await {
                         Ok(true) => match start(ctx, known, service, &mut record, now).await {
-                            Ok(()) => advance(ctx, plan, service, &mut record, now).await,
+                            Ok(true) => advance(ctx, plan, service, &mut record, now).await,
+                            Ok(false) => Ok(()),
                             Err(error) => Err(error),
                         },
                         Ok(false) => Ok(()),
@@ -530,6 +531,7 @@ fn known_services(
                     started: None,
                     ready: None,
                     attempts: 0,
+                    regenerated_secrets: Vec::new(),
                 });
             record.tier = service.tier.clone();
             if retry_failed && record.phase == ServicePhase::Failed {
@@ -596,14 +598,14 @@ async fn ready_to_start(
 
 /// Prepares the ground for a service that may start: its hardened namespace, the network
 /// policies of that namespace (unless made ahead, see [`prepare_ahead`]), and fresh
-/// credentials.
+/// credentials. Returns whether it started: a credential that cannot be replaced fails it.
 async fn start(
     ctx: &Context,
     known: &Known,
     service: &Service,
     record: &mut ServiceStatus,
     now: Timestamp,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let plan = &known.plan;
     let plan_name = plan.name_any();
     info!(plan = %plan_name, service = %service.name, "starting");
@@ -617,18 +619,45 @@ async fn start(
             .expect("never poisoned")
             .get(&service.name)
             == Some(&Preparation::Done);
-    let credentials = service
-        .regenerate_secrets
-        .iter()
-        .map(|wanted| regenerate(ctx, plan, service, wanted));
-    if service.action == ServiceAction::Rebuild && !prepared {
-        futures::future::try_join(
-            prepare(ctx, plan, service),
-            futures::future::try_join_all(credentials),
-        )
-        .await?;
+    let written = record.regenerated_secrets.clone();
+    // Every credential is tried even when something else fails: a write that succeeded is
+    // recorded, and not made again at the retry.
+    let credentials = futures::future::join_all(
+        service
+            .regenerate_secrets
+            .iter()
+            .map(|wanted| regenerate(ctx, plan, service, wanted, &written, now)),
+    );
+    let (prepared, credentials) = if service.action == ServiceAction::Rebuild && !prepared {
+        futures::future::join(prepare(ctx, plan, service), credentials).await
     } else {
-        futures::future::try_join_all(credentials).await?;
+        (Ok(()), credentials.await)
+    };
+    let mut first_error = prepared.err();
+    let mut refused = Vec::new();
+    for result in credentials {
+        match result {
+            Ok(Ok(written)) => credentials::remember(&mut record.regenerated_secrets, written),
+            Ok(Err(why)) => refused.push(why),
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    // One record per Secret the service still lists.
+    record.regenerated_secrets.retain(|r| {
+        r.namespace == service.namespace
+            && service.regenerate_secrets.iter().any(|w| w.name == r.name)
+    });
+    if let Some(error) = first_error {
+        return Err(error);
+    }
+    if !refused.is_empty() {
+        // Never run on a credential that may be anyone's.
+        record.phase = ServicePhase::Failed;
+        record.attempts += 1;
+        record.message = Some(refused.join("; "));
+        return Ok(false);
     }
     record.started = Some(Time(now));
     record.ready = None;
@@ -636,54 +665,61 @@ async fn start(
     record.blocked_on.clear();
     record.phase = ServicePhase::Deploying;
     record.message = Some("starting".into());
-    Ok(())
+    Ok(true)
 }
 
-/// Gives a Secret the service lists in `regenerateSecrets` fresh random values, unless this
-/// plan made it already.
+/// Gives a Secret the service lists in `regenerateSecrets` fresh random values, unless it
+/// is, unchanged, what this plan wrote (`written`, from the service's status). Anything
+/// else there (restored, planted, left over, or ours and changed since) is replaced whole.
+/// Returns the record of the Secret as it now stands, or why it cannot be replaced.
 async fn regenerate(
     ctx: &Context,
     plan: &RecoveryPlan,
     service: &Service,
     wanted: &crate::api::recovery_plan::RegeneratedSecret,
-) -> Result<(), Error> {
+    written: &[WrittenSecret],
+    now: Timestamp,
+) -> Result<Result<WrittenSecret, String>, Error> {
     let plan_name = plan.name_any();
     let namespace = &service.namespace;
+    let object = format!("Secret {namespace}/{}", wanted.name);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let existing = secrets.get_opt(&wanted.name).await.map_err(kube_error(
-        "read",
-        format!("Secret {namespace}/{}", wanted.name),
-    ))?;
-    // Ours from an earlier attempt: the workload may already use it, keep it. Anything
-    // else (restored, planted, left over) is replaced with fresh values.
-    if existing.is_some_and(|s| s.labels().get(labels::PLAN) == Some(&plan_name)) {
-        return Ok(());
+    let existing = secrets
+        .get_opt(&wanted.name)
+        .await
+        .map_err(kube_error("read", object.clone()))?;
+    // Ours from an earlier attempt: the workload may already use it, keep it.
+    if let Some(found) = &existing
+        && let Some(record) = credentials::own_write(written, &found.metadata)
+    {
+        return Ok(Ok(record.clone()));
     }
     let secret =
         desired::regenerated_secret(wanted, namespace, &plan_name, &service.name, fill_random);
-    secrets
-        .patch(
-            &wanted.name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&secret),
-        )
+    let result = credentials::write(&secrets, existing.as_ref(), &secret, now)
         .await
-        .map_err(kube_error(
-            "apply",
-            format!("Secret {namespace}/{}", wanted.name),
-        ))?;
-    publish(
-        ctx,
-        plan,
-        EventType::Normal,
-        "SecretRegenerated",
-        format!(
-            "{namespace}/{}: fresh values for {} keys",
-            wanted.name,
-            wanted.keys.len()
+        .map_err(kube_error("regenerate", object.clone()))?;
+    match &result {
+        Ok(_) => publish(
+            ctx,
+            plan,
+            EventType::Normal,
+            "SecretRegenerated",
+            format!(
+                "{namespace}/{}: fresh values for {} keys",
+                wanted.name,
+                wanted.keys.len()
+            ),
         ),
-    );
-    Ok(())
+        Err(refused) => publish(
+            ctx,
+            plan,
+            EventType::Warning,
+            "SecretRefused",
+            format!("{object} {refused}"),
+        ),
+    }
+    Ok(result.map_err(|refused| format!("{object} {refused}")))
 }
 
 fn fill_random(buffer: &mut [u8]) {
@@ -1132,7 +1168,17 @@ async fn write_status(ctx: &Context, plan: &RecoveryPlan, status: &RecoveryPlanS
             status.tiers.iter().map(|t| t.phase).collect::<Vec<_>>(),
         )
     };
-    let urgent = previous.is_none_or(|(_, previous)| phases(&previous) != phases(status));
+    // A new record of a regenerated Secret is not held back either: until it is written, a
+    // restarted operator would not know the Secret as its own and would regenerate it.
+    fn records(status: &RecoveryPlanStatus) -> impl Iterator<Item = &[WrittenSecret]> {
+        status
+            .services
+            .iter()
+            .map(|s| s.regenerated_secrets.as_slice())
+    }
+    let urgent = previous.as_ref().is_none_or(|(_, previous)| {
+        phases(previous) != phases(status) || records(previous).ne(records(status))
+    });
     ctx.outbox.status(name, plan.uid(), status.clone(), urgent);
 }
 

@@ -351,6 +351,7 @@ mod tests {
                 started: started.map(at),
                 ready: ready.map(at),
                 attempts: u32::from(started.is_some()),
+                regenerated_secrets: vec![],
             },
         )
     }

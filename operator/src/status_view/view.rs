@@ -325,6 +325,7 @@ spec:
                     started: Some(at(0)),
                     ready: Some(at(40)),
                     attempts: 1,
+                    regenerated_secrets: vec![],
                 },
                 ServiceStatus {
                     name: "cup".into(),
@@ -335,6 +336,7 @@ spec:
                     started: Some(at(41)),
                     ready: None,
                     attempts: 1,
+                    regenerated_secrets: vec![],
                 },
             ],
             conditions: vec![Condition {
