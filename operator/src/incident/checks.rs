@@ -116,7 +116,7 @@ fn missing<'a>(names: &'a [String], found: &BTreeMap<String, impl Sized>) -> Opt
 }
 
 /// The end of the message of a step that waits for an object the incident names and that
-/// does not exist: the incident reports it as Stalled (see [`names_a_missing_object`]).
+/// does not exist: the incident reports it as Stalled (see [`blocked`]).
 const NOT_FOUND: &str = "does not exist";
 
 /// Why a step waits for an object named in `field` (such as `spec.recoveryPlans`).
