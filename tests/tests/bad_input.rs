@@ -482,6 +482,18 @@ fn catalogue(n: &Names) -> Vec<Case> {
         Proof::NotStored,
     );
     add(
+        "an age private key in lower case after '# ' as a recipient",
+        schedule(
+            name,
+            store,
+            json!({"encryption": {"recipients": ["# age-secret-key-1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq"]}}),
+        ),
+        rejected(format!(
+            "BackupSchedule.resurgo.dev \"{name}\" is invalid: spec.encryption.recipients[0]: Forbidden: this is an age private key: put only the public key (age1...) here; the private key must never enter the cluster"
+        )),
+        Proof::NotStored,
+    );
+    add(
         "retention that keeps nothing",
         schedule(name, store, json!({"retention": {"keepLast": 0}})),
         rejected(format!(
@@ -631,6 +643,33 @@ fn catalogue(n: &Names) -> Vec<Case> {
         ),
         rejected(format!(
             "AccessPolicy.resurgo.dev \"{name}\" is invalid: [spec.grants[0].expiresAt: Invalid value: \"tomorrow at noon\": spec.grants[0].expiresAt in body must be of type date-time: \"tomorrow at noon\", <nil>: Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]"
+        )),
+        Proof::NotStored,
+    );
+
+    add(
+        "remote access on port 0",
+        object(
+            "AccessPolicy",
+            name,
+            json!({"remoteAccess": [{"name": "vpn", "namespaces": [n.namespace],
+                                     "sourceCIDRs": ["10.12.0.0/16"], "ports": [0]}]}),
+        ),
+        rejected(format!(
+            "AccessPolicy.resurgo.dev \"{name}\" is invalid: spec.remoteAccess[0].ports[0]: Invalid value: 0: spec.remoteAccess[0].ports[0] in body should be greater than or equal to 1"
+        )),
+        Proof::NotStored,
+    );
+    add(
+        "remote access from a source range with host bits",
+        object(
+            "AccessPolicy",
+            name,
+            json!({"remoteAccess": [{"name": "vpn", "namespaces": [n.namespace],
+                                     "sourceCIDRs": ["10.12.0.5/16"]}]}),
+        ),
+        rejected(format!(
+            "AccessPolicy.resurgo.dev \"{name}\" is invalid: spec.remoteAccess[0].sourceCIDRs: Invalid value: every entry must be a network address with no bit set after the prefix length, such as 10.12.0.0/16 (not 10.12.0.5/16) or 2001:db8::/32; a single host is 10.12.0.5/32"
         )),
         Proof::NotStored,
     );

@@ -11,14 +11,16 @@ use k8s_openapi::{
         apps::v1::Deployment,
         core::v1::{ConfigMap, Namespace, Secret},
     },
+    apimachinery::pkg::apis::meta::v1::Condition,
     jiff::{self, SignedDuration, Timestamp, Unit},
 };
 use kube::{
     Api, ResourceExt,
-    api::ListParams,
+    api::{ListParams, Patch, PatchParams},
     runtime::{WatchStreamExt, wait::await_condition, watcher},
 };
 use resurgo::api::{
+    access_policy::AccessPolicy,
     incident::{Incident, IncidentPhase, StepState},
     recovery_plan::{PlanPhase, RecoveryPlan},
 };
@@ -551,4 +553,105 @@ async fn an_incident_rotates_a_credential_changed_since_the_operator_wrote_it() 
         None,
     );
     let _ = kubectl(&["delete", "namespace", &namespace, "--wait=false"], None);
+}
+
+/// The condition `type_` of `incident`.
+fn condition<'a>(incident: &'a Incident, type_: &str) -> Option<&'a Condition> {
+    incident
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn a_closed_incident_says_which_stalled_policy_keeps_its_lockdown() {
+    install_crds().await;
+    let client = client().await;
+    let name = unique_name("stalled-lift");
+    // The shared operator leaves this policy alone, so its status is what this test writes:
+    // a policy still in Lockdown whose controller cannot apply what returning to Normal
+    // needs (as when the API server refuses a NetworkPolicy it renders).
+    let policies: Api<AccessPolicy> = Api::all(client.clone());
+    apply(
+        &json!({
+            "apiVersion": "resurgo.dev/v1alpha1", "kind": "AccessPolicy",
+            "metadata": {"name": name, "labels": {"resurgo.dev/test-operator": name}},
+            "spec": {"mode": "Normal"}
+        })
+        .to_string(),
+    );
+    let why = "NetworkPolicy resurgo.remote.staff.vpn: spec.ingress[0].ports[0].port: must be between 1 and 65535";
+    let set_status = |mode: &str, stalled: bool| {
+        json!({"status": {"mode": mode, "conditions": [{
+            "type": "Stalled", "status": if stalled { "True" } else { "False" },
+            "reason": if stalled { "ApplyFailed" } else { "Applied" },
+            "message": if stalled { why } else { "" },
+            "observedGeneration": 1,
+            "lastTransitionTime": Timestamp::now().round(Unit::Second).unwrap().to_string()
+        }]}})
+    };
+    policies
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(set_status("Lockdown", true)),
+        )
+        .await
+        .unwrap();
+
+    // Closed from the start: only LiftLockdown and UnfreezePruning run, so nothing else in
+    // the cluster is locked down or frozen by this test.
+    apply(
+        &json!({
+            "apiVersion": "resurgo.dev/v1alpha1", "kind": "Incident",
+            "metadata": {"name": name},
+            "spec": {"compromisedSince": "2021-07-31T23:00:00Z", "state": "Closed",
+                     "accessPolicies": [name]}
+        })
+        .to_string(),
+    );
+    let stalled = until_incident(&name, "said which policy keeps the lockdown", |i| {
+        condition(i, "Stalled").is_some_and(|c| c.status == "True")
+    })
+    .await;
+    let condition_ = condition(&stalled, "Stalled").unwrap();
+    assert_eq!(condition_.reason, "AccessPolicyStalled");
+    assert_eq!(
+        condition_.message,
+        format!(
+            "LiftLockdown: accesspolicy {name} is Stalled and cannot leave Lockdown until its spec is corrected: ApplyFailed: {why}"
+        )
+    );
+    assert_eq!(
+        condition(&stalled, "Progressing").map(|c| c.status.as_str()),
+        Some("False")
+    );
+
+    // Once the policy is corrected and leaves Lockdown, the step goes on by itself.
+    policies
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(set_status("Normal", false)),
+        )
+        .await
+        .unwrap();
+    let closed = until_incident(&name, "closed", |i| phase(i) == Some(IncidentPhase::Closed)).await;
+    assert_eq!(
+        condition(&closed, "Stalled").map(|c| c.status.as_str()),
+        Some("False")
+    );
+    assert!(
+        steps(&closed)
+            .iter()
+            .all(|(_, state)| *state == StepState::Done),
+        "{:?}",
+        steps(&closed)
+    );
+
+    kubectl_ok(&["delete", "incident", &name, "--wait=false"], None).unwrap();
+    kubectl_ok(&["delete", "accesspolicy", &name, "--wait=false"], None).unwrap();
 }

@@ -202,16 +202,24 @@ pub struct RemoteAccess {
     #[schemars(length(min = 1, max = 64), extend("x-kubernetes-list-type" = "set"))]
     #[schemars(inner(length(min = 1, max = 63), regex(pattern = DNS_LABEL)))]
     pub namespaces: Vec<String>,
-    /// Source address ranges, such as 10.12.0.0/16.
+    /// Source address ranges, such as 10.12.0.0/16: network addresses, with no bit set
+    /// after the prefix length (10.12.0.5/16 is refused: write 10.12.0.0/16, or
+    /// 10.12.0.5/32 for the one host).
     #[serde(rename = "sourceCIDRs")]
     #[schemars(length(min = 1, max = 64), extend("x-kubernetes-list-type" = "set"))]
     #[schemars(inner(length(min = 1, max = 64)))]
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))")
         .message("every entry must be a CIDR such as 10.12.0.0/16 or 2001:db8::/32"))]
+    // The API server refuses a NetworkPolicy whose ipBlock has host bits, so the schema
+    // must too: accepted here, the rule could never be applied. `isCIDR` alone allows them.
+    #[x_kube(validation = Rule::new("self.all(c, !isCIDR(c) || cidr(c) == cidr(c).masked())")
+        .message("every entry must be a network address with no bit set after the prefix length, such as 10.12.0.0/16 (not 10.12.0.5/16) or 2001:db8::/32; a single host is 10.12.0.5/32"))]
     pub source_cidrs: Vec<String>,
-    /// TCP ports allowed; all ports when empty.
+    /// TCP ports allowed, from 1 to 65535; all ports when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "set"))]
+    // Port 0 fits a u16 but a NetworkPolicy refuses it.
+    #[schemars(inner(range(min = 1)))]
     pub ports: Vec<u16>,
     /// Keep this rule while the policy is in Lockdown (a case-by-case remote access, on
     /// request). Requires expiresAt. Rules without it are removed during a lockdown.

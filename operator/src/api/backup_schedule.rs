@@ -135,11 +135,17 @@ pub struct DataDump {
 }
 
 /// Encryption to age recipients.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Encryption {
-    /// age public keys (`age1...`). Any one of the matching private keys can decrypt.
-    #[schemars(length(min = 1, max = 16), extend("x-kubernetes-list-type" = "set"))]
+    /// age public keys (`age1...`), each once. Any one of the matching private keys can
+    /// decrypt.
+    // Not `x-kubernetes-list-type: set`: the API server's duplicate error quotes the
+    // value, and a private key pasted twice would be printed. Errors on a whole list quote
+    // nothing.
+    #[schemars(length(min = 1, max = 16))]
+    #[x_kube(validation = Rule::new("self.all(r, self.exists_one(x, x == r))")
+        .message("each recipient must appear once"))]
     pub recipients: Vec<AgeRecipient>,
 }
 
@@ -162,21 +168,30 @@ impl JsonSchema for AgeRecipient {
     }
 }
 
+/// CEL: whether `self` holds an age identity (a private key, or a plugin's identity)
+/// anywhere, in any case: pasted after a space, a `# ` or in lower case it is still one.
+const HOLDS_AGE_IDENTITY: &str =
+    "self.upperAscii().contains('AGE-SECRET-KEY-') || self.upperAscii().contains('AGE-PLUGIN-')";
+
+// Every rule here has the reason FieldValueForbidden, and there is no `pattern` or
+// `enum`: the API server quotes the value of a string in an Invalid error (CEL or
+// OpenAPI), and a recipient that fails may be a private key pasted by mistake, which
+// must not reach CI logs and audit trails. Forbidden, Required and TooLong errors never
+// quote the value.
 fn age_recipient_schema() -> schemars::Schema {
     schemars::json_schema!({
         "type": "string",
         "maxLength": 128,
         "x-kubernetes-validations": [
             {
-                "rule": "!self.startsWith('AGE-SECRET-KEY-')",
+                "rule": format!("!({HOLDS_AGE_IDENTITY})"),
                 "message": "this is an age private key: put only the public key (age1...) here; the private key must never enter the cluster",
-                // Forbidden errors do not echo the value: the key stays out of the
-                // rejection message, and so out of CI logs and audit trails.
                 "reason": "FieldValueForbidden"
             },
             {
-                "rule": "self.startsWith('AGE-SECRET-KEY-') || self.matches('^age1[02-9ac-hj-np-z]{58}$')",
-                "message": "must be an age public key: age1 followed by 58 bech32 characters"
+                "rule": format!("{HOLDS_AGE_IDENTITY} || self.matches('^age1[02-9ac-hj-np-z]{{58}}$')"),
+                "message": "must be an age public key: age1 followed by 58 bech32 characters (the value is not shown, in case it is a secret)",
+                "reason": "FieldValueForbidden"
             }
         ]
     })

@@ -4,6 +4,7 @@
 
 use std::{collections::BTreeMap, time::Duration as StdDuration};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 
 use super::{
@@ -117,7 +118,7 @@ fn missing<'a>(names: &'a [String], found: &BTreeMap<String, impl Sized>) -> Opt
 }
 
 /// The end of the message of a step that waits for an object the incident names and that
-/// does not exist: the incident reports it as Stalled (see [`names_a_missing_object`]).
+/// does not exist: the incident reports it as Stalled (see [`blocked`]).
 const NOT_FOUND: &str = "does not exist";
 
 /// Why a step waits for an object named in `field` (such as `spec.recoveryPlans`).
@@ -125,11 +126,85 @@ fn not_found(field: &str, kind: &str, name: &str) -> String {
     format!("{field}: {kind} {name} {NOT_FOUND}")
 }
 
-/// Whether a step's message says it waits for an object that does not exist: nothing
-/// happens until the user creates it or corrects the name, so the incident is Stalled, while
-/// the step still waits and goes on by itself once the object appears.
-pub fn names_a_missing_object(message: &str) -> bool {
-    message.ends_with(NOT_FOUND)
+/// What a waiting step's message says blocks it until a user acts: the incident is then
+/// Stalled, while the step still waits and goes on by itself once the cause is fixed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blocked {
+    /// An object the incident names does not exist.
+    ReferenceNotFound,
+    /// An AccessPolicy the step waits on is Stalled: its mode cannot change until its
+    /// spec is corrected.
+    AccessPolicyStalled,
+}
+
+impl Blocked {
+    /// The reason of the incident's Stalled condition.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Blocked::ReferenceNotFound => "ReferenceNotFound",
+            Blocked::AccessPolicyStalled => "AccessPolicyStalled",
+        }
+    }
+}
+
+/// What blocks the step whose message is `message`, if anything but time.
+pub fn blocked(message: &str) -> Option<Blocked> {
+    // Checked first: a policy's own message, quoted at the end, may end like NOT_FOUND.
+    if names_a_stalled_policy(message) {
+        Some(Blocked::AccessPolicyStalled)
+    } else if message.ends_with(NOT_FOUND) {
+        Some(Blocked::ReferenceNotFound)
+    } else {
+        None
+    }
+}
+
+/// The words after `accesspolicy NAME ` in the message of a step that waits on a Stalled
+/// policy (see [`stalled_policies`]).
+const STALLED: &str = "is Stalled and cannot ";
+
+fn names_a_stalled_policy(message: &str) -> bool {
+    // Policy names are DNS labels, so the first space ends the name.
+    message
+        .strip_prefix("accesspolicy ")
+        .and_then(|rest| rest.split_once(' '))
+        .is_some_and(|(_, rest)| rest.starts_with(STALLED))
+}
+
+/// The Stalled=True condition of `policy`, unless it describes an older generation than
+/// the spec (the policy's controller has not yet judged a correction).
+fn stalled_condition(policy: &AccessPolicy) -> Option<&Condition> {
+    let condition = policy
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled" && c.status == "True")?;
+    let stale = matches!(
+        (condition.observed_generation, policy.metadata.generation),
+        (Some(observed), Some(current)) if observed < current
+    );
+    (!stale).then_some(condition)
+}
+
+/// Why a step waits for ever on the named policies that are Stalled: each one's name and
+/// its own reason and message, so that whoever reads the incident knows what to fix.
+/// `change` is what the step waits for, such as `leave Lockdown`. None when none is.
+fn stalled_policies<'a>(
+    names: impl Iterator<Item = &'a str>,
+    observed: &Observed,
+    change: &str,
+) -> Option<String> {
+    let stalled: Vec<String> = names
+        .filter_map(|name| {
+            let condition = stalled_condition(observed.policies.get(name)?)?;
+            Some(format!(
+                "accesspolicy {name} {STALLED}{change} until its spec is corrected: {}: {}",
+                condition.reason, condition.message
+            ))
+        })
+        .collect();
+    (!stalled.is_empty()).then(|| stalled.join("; "))
 }
 
 fn lockdown(incident: &Incident, observed: &Observed) -> Outcome<Act> {
@@ -146,6 +221,9 @@ fn lockdown(incident: &Incident, observed: &Observed) -> Outcome<Act> {
         .map(String::as_str)
         .collect();
     if !waiting.is_empty() {
+        if let Some(why) = stalled_policies(waiting.iter().copied(), observed, "reach Lockdown") {
+            return Outcome::Waiting(why);
+        }
         return Outcome::Waiting(format!(
             "waiting for {} to report Lockdown",
             waiting.join(", ")
@@ -447,6 +525,7 @@ fn held_by_other<'a>(observed: &'a Observed, policy: &str) -> Option<&'a Inciden
 
 fn lift_lockdown(incident: &Incident, observed: &Observed) -> Outcome<Act> {
     let mut kept = Vec::new();
+    let mut locked = Vec::new();
     for name in &incident.spec.access_policies {
         let Some(policy) = observed.policies.get(name) else {
             continue;
@@ -460,8 +539,18 @@ fn lift_lockdown(incident: &Incident, observed: &Observed) -> Outcome<Act> {
             continue;
         }
         if mode_of(policy) == Some(AccessMode::Lockdown) {
-            return Outcome::Waiting(format!("waiting for accesspolicy {name} to leave Lockdown"));
+            locked.push(name);
         }
+    }
+    if let Some(why) = stalled_policies(
+        locked.iter().map(|n| n.as_str()),
+        observed,
+        "leave Lockdown",
+    ) {
+        return Outcome::Waiting(why);
+    }
+    if let Some(name) = locked.first() {
+        return Outcome::Waiting(format!("waiting for accesspolicy {name} to leave Lockdown"));
     }
     let mut message = "access restored".to_owned();
     if !kept.is_empty() {
@@ -532,6 +621,8 @@ pub fn tier_results<'a>(
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
     use super::*;
     use crate::api::{access_policy::AccessPolicyStatus, backup_schedule::BackupScheduleStatus};
 
@@ -648,6 +739,106 @@ spec:
         assert_eq!(
             unfreeze_pruning(&incident, &observed),
             Outcome::Done("pruning stays frozen while incident second-attack is open".into())
+        );
+    }
+
+    /// `policy` with the condition the access controller writes when the API server
+    /// refuses what the policy renders.
+    fn stalled(mut policy: AccessPolicy, observed_generation: i64) -> AccessPolicy {
+        policy.metadata.generation = Some(2);
+        policy.status.as_mut().unwrap().conditions.push(Condition {
+            type_: "Stalled".into(),
+            status: "True".into(),
+            reason: "ApplyFailed".into(),
+            message: "NetworkPolicy resurgo.remote.staff.vpn: spec.ingress[0].ports[0].port: must be between 1 and 65535".into(),
+            observed_generation: Some(observed_generation),
+            last_transition_time: Time(Timestamp::from_second(1_000).unwrap()),
+        });
+        policy
+    }
+
+    #[test]
+    fn a_closed_incident_says_which_stalled_policy_keeps_the_lockdown_and_why() {
+        let incident = incident("  state: Closed\n  accessPolicies: [remote, staff]\n");
+        let mut observed = Observed::default();
+        observed.policies.insert(
+            "remote".into(),
+            policy("remote", "Normal", Some(AccessMode::Lockdown)),
+        );
+        observed.policies.insert(
+            "staff".into(),
+            stalled(policy("staff", "Normal", Some(AccessMode::Lockdown)), 2),
+        );
+        let Outcome::Waiting(message) = lift_lockdown(&incident, &observed) else {
+            panic!("lifting must wait while the policy is Stalled");
+        };
+        assert_eq!(
+            message,
+            "accesspolicy staff is Stalled and cannot leave Lockdown until its spec is corrected: ApplyFailed: NetworkPolicy resurgo.remote.staff.vpn: spec.ingress[0].ports[0].port: must be between 1 and 65535"
+        );
+        assert_eq!(blocked(&message), Some(Blocked::AccessPolicyStalled));
+
+        // A correction the policy's controller has not judged yet: plain waiting again.
+        observed.policies.insert(
+            "staff".into(),
+            stalled(policy("staff", "Normal", Some(AccessMode::Lockdown)), 1),
+        );
+        let waiting = lift_lockdown(&incident, &observed);
+        assert_eq!(
+            waiting,
+            Outcome::Waiting("waiting for accesspolicy remote to leave Lockdown".into())
+        );
+        let Outcome::Waiting(message) = waiting else {
+            unreachable!()
+        };
+        assert_eq!(blocked(&message), None);
+    }
+
+    #[test]
+    fn a_stalled_policy_that_cannot_reach_lockdown_is_named() {
+        let incident = incident("  accessPolicies: [staff]\n");
+        let mut observed = Observed::default();
+        observed.policies.insert(
+            "staff".into(),
+            stalled(policy("staff", "Normal", Some(AccessMode::Normal)), 2),
+        );
+        let Outcome::Waiting(message) = lockdown(&incident, &observed) else {
+            panic!("the lockdown must wait while the policy is Stalled");
+        };
+        assert!(
+            message.starts_with(
+                "accesspolicy staff is Stalled and cannot reach Lockdown until its spec is corrected: ApplyFailed: NetworkPolicy"
+            ),
+            "{message}"
+        );
+        assert_eq!(blocked(&message), Some(Blocked::AccessPolicyStalled));
+        // Once in Lockdown, a Stalled condition no longer holds the step.
+        observed.policies.insert(
+            "staff".into(),
+            stalled(policy("staff", "Normal", Some(AccessMode::Lockdown)), 2),
+        );
+        assert!(matches!(lockdown(&incident, &observed), Outcome::Done(_)));
+    }
+
+    #[test]
+    fn only_a_missing_object_or_a_stalled_policy_blocks_a_step() {
+        assert_eq!(
+            blocked("spec.accessPolicies: accesspolicy staff does not exist"),
+            Some(Blocked::ReferenceNotFound)
+        );
+        assert_eq!(
+            blocked(
+                "accesspolicy staff is Stalled and cannot leave Lockdown until its spec is corrected: ApplyFailed: namespace x does not exist"
+            ),
+            Some(Blocked::AccessPolicyStalled)
+        );
+        assert_eq!(
+            blocked("waiting for accesspolicy staff to leave Lockdown"),
+            None
+        );
+        assert_eq!(
+            blocked("waiting for staff, remote to report Lockdown"),
+            None
         );
     }
 

@@ -322,26 +322,26 @@ fn finish(incident: &Incident, status: &mut IncidentStatus, now: Timestamp) {
         .map(|e| format!("{}: {}", e.step, e.message.as_deref().unwrap_or("")))
         .collect::<Vec<_>>()
         .join("; ");
-    // A step waiting for an object the incident names that does not exist makes no
-    // progress until a user acts: Stalled, with the step's message naming the field.
-    let missing = status
+    // A step waiting for an object the incident names that does not exist, or for an
+    // AccessPolicy that is Stalled, makes no progress until a user acts: Stalled, with the
+    // step's message naming the field or the policy and why.
+    let blocked = status
         .timeline
         .iter()
         .rev()
         .find(|e| e.state != StepState::Done)
         .and_then(|e| e.message.as_deref())
-        .filter(|m| checks::names_a_missing_object(m))
-        .map(|_| current.clone());
+        .and_then(checks::blocked);
     let generation = incident.metadata.generation;
     let (ready, progressing, stalled) = match phase {
         IncidentPhase::Recovered | IncidentPhase::Closed => (true, false, false),
         IncidentPhase::Failed => (false, false, true),
-        _ if missing.is_some() => (false, false, true),
+        _ if blocked.is_some() => (false, false, true),
         _ => (false, true, false),
     };
     let reason = format!("{phase:?}");
-    let (stalled_reason, stalled_message) = match missing {
-        Some(message) => ("ReferenceNotFound".to_owned(), message),
+    let (stalled_reason, stalled_message) = match blocked {
+        Some(blocked) => (blocked.reason().to_owned(), current.clone()),
         None => (reason.clone(), failed),
     };
     status.observed_generation = generation;
@@ -729,5 +729,67 @@ async fn publish(ctx: &Context, incident: &Incident, type_: EventType, reason: &
         .await
     {
         warn!(incident = %incident.name_any(), %error, "could not publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+    use super::*;
+    use crate::api::access_policy::{AccessMode, AccessPolicyStatus};
+
+    #[test]
+    fn a_closed_incident_held_by_a_stalled_policy_is_stalled_and_names_it() {
+        let incident: Incident = crate::yaml::from_str(
+            "apiVersion: resurgo.dev/v1alpha1\nkind: Incident\nmetadata: {name: ransomware, generation: 3}\nspec:\n  compromisedSince: '2021-07-31T00:00:00Z'\n  state: Closed\n  accessPolicies: [staff]\n",
+        )
+        .unwrap();
+        let mut policy: AccessPolicy = crate::yaml::from_str(
+            "apiVersion: resurgo.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {name: staff, generation: 4}\nspec: {mode: Normal}\n",
+        )
+        .unwrap();
+        policy.status = Some(AccessPolicyStatus {
+            mode: Some(AccessMode::Lockdown),
+            conditions: vec![Condition {
+                type_: "Stalled".into(),
+                status: "True".into(),
+                reason: "ApplyFailed".into(),
+                message: "NetworkPolicy resurgo.remote.staff.vpn: port 0".into(),
+                observed_generation: Some(4),
+                last_transition_time: Time(Timestamp::from_second(1).unwrap()),
+            }],
+            ..Default::default()
+        });
+        let mut observed = Observed::default();
+        observed.policies.insert("staff".into(), policy);
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+
+        let mut status = timeline::advance(
+            &incident.spec,
+            &IncidentStatus::default(),
+            now,
+            |step, s| checks::check(step, &incident, s, &observed),
+        )
+        .status;
+        finish(&incident, &mut status, now);
+
+        let stalled = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Stalled")
+            .unwrap();
+        assert_eq!(stalled.status, "True");
+        assert_eq!(stalled.reason, "AccessPolicyStalled");
+        assert_eq!(
+            stalled.message,
+            "LiftLockdown: accesspolicy staff is Stalled and cannot leave Lockdown until its spec is corrected: ApplyFailed: NetworkPolicy resurgo.remote.staff.vpn: port 0"
+        );
+        let progressing = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Progressing")
+            .unwrap();
+        assert_eq!(progressing.status, "False");
     }
 }
