@@ -668,8 +668,23 @@ impl Release {
         answer["status"]["allowed"] == true
     }
 
-    /// The admission policies type-check against the kinds they match.
+    /// The admission policies type-check against the kinds they match, and are enforced:
+    /// the API server loads them through a watch, a moment after they are created.
     fn assert_policies_type_check(&self) {
+        self.until_enforced(
+            &[
+                "create",
+                "clusterrolebinding",
+                "probe",
+                "--clusterrole=view",
+                "--group=system:authenticated",
+            ],
+            &[BY_POLICY],
+        );
+        self.until_enforced(
+            &["delete", "clusterrole", "cluster-admin"],
+            &[BY_POLICY, "cannot delete resource \"clusterroles\""],
+        );
         for kind in ["bindings", "clusterroles"] {
             let name = format!("{}-{kind}", release_name(&self.name));
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -696,6 +711,29 @@ impl Release {
                 );
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
+        }
+    }
+}
+
+impl Release {
+    /// Waits until a dry run of `args` as the operator is refused for one of `reasons`.
+    fn until_enforced(&self, args: &[&str], reasons: &[&str]) {
+        let mut all = args.to_vec();
+        all.push("--dry-run=server");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let output = self.as_operator(&all, None);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if reasons.iter().any(|reason| stderr.contains(reason)) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "kubectl {}: never refused for {reasons:?}: {}{stderr}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stdout)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }
 }
@@ -1017,5 +1055,74 @@ async fn with_policy_roles_on_the_admission_policy_alone_keeps_the_bounds_rbac_c
             "--user=alice",
             "--dry-run=server",
         ],
+    );
+}
+
+/// One rule of the rendered ClusterRole as a row of README.md's RBAC table.
+fn rule_row(rule: &Value) -> String {
+    let cell = |field: &str| {
+        let items: Vec<String> = rule[field]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(|item| {
+                if item.is_empty() {
+                    r#""""#.to_owned()
+                } else {
+                    item.to_owned()
+                }
+            })
+            .collect();
+        if items.is_empty() {
+            "(any)".to_owned()
+        } else {
+            items.join(", ")
+        }
+    };
+    format!(
+        "| {} | {} | {} | {} |",
+        cell("apiGroups"),
+        cell("resources"),
+        cell("verbs"),
+        cell("resourceNames")
+    )
+}
+
+#[test]
+#[ignore = "needs helm: run tests/run.sh"]
+fn the_readme_lists_exactly_the_rules_of_the_rendered_cluster_role() {
+    let documents = render(&[]);
+    let mut expected: Vec<String> = one(&documents, "ClusterRole")["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(rule_row)
+        .collect();
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    let begin =
+        "<!-- rbac-rules: generated from the rendered chart; checked by tests/tests/chart.rs -->";
+    let end = "<!-- /rbac-rules -->";
+    let table = readme
+        .split_once(begin)
+        .and_then(|(_, rest)| rest.split_once(end))
+        .map(|(table, _)| table)
+        .unwrap_or_else(|| panic!("README.md has no {begin} ... {end} section"));
+    let mut listed: Vec<String> = table
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.starts_with('|') && !line.starts_with("|---"))
+        .skip(1)
+        .map(str::to_owned)
+        .collect();
+    let generated = format!(
+        "| apiGroups | resources | verbs | resourceNames |\n|---|---|---|---|\n{}",
+        expected.join("\n")
+    );
+    expected.sort();
+    listed.sort();
+    assert_eq!(
+        listed, expected,
+        "README.md's RBAC table differs from the chart's ClusterRole; with default values it is:\n{generated}"
     );
 }
