@@ -85,6 +85,52 @@ pub fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> Result<String> {
     Ok(String::from_utf8(output.stdout)?)
 }
 
+/// Writes to `path` a kubeconfig for the cluster that holds only a fresh token (one hour)
+/// of the ServiceAccount `account` in `namespace`: no client certificate, so every request
+/// made with it is that account's and nobody else's.
+pub fn service_account_kubeconfig(namespace: &str, account: &str, path: &Path) -> Result<()> {
+    let token = kubectl_ok(
+        &["-n", namespace, "create", "token", account, "--duration=1h"],
+        None,
+    )
+    .with_context(|| format!("a token for the ServiceAccount {namespace}/{account}"))?;
+    let cluster = |path: &str| {
+        kubectl_ok(
+            &[
+                "config",
+                "view",
+                "--minify",
+                "--raw",
+                "-o",
+                &format!("jsonpath={{.clusters[0].cluster.{path}}}"),
+            ],
+            None,
+        )
+    };
+    let server = cluster("server")?;
+    let ca = cluster("certificate-authority-data")?;
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster: {{server: {server}, certificate-authority-data: {ca}}}
+users:
+- name: {account}
+  user: {{token: {token}}}
+contexts:
+- name: test
+  context: {{cluster: test, user: {account}, namespace: {namespace}}}
+current-context: test
+",
+            token = token.trim()
+        ),
+    )
+    .with_context(|| format!("write {}", path.display()))
+}
+
 static CRDS: OnceCell<()> = OnceCell::const_new();
 
 /// Installs the CRDs from crds/ once per test process (server-side apply, so a second

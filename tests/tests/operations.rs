@@ -60,6 +60,9 @@ fn install_chart_account_with(release: &str, lease: &str, values: &[&str]) -> Ch
         .args(["--show-only", "templates/clusterrole.yaml"])
         .args(["--show-only", "templates/clusterrolebinding.yaml"])
         .args(["--show-only", "templates/role.yaml"])
+        // Features run under the chart's admission policies too: they must not refuse
+        // anything the operator does for them.
+        .args(["--show-only", "templates/admissionpolicy.yaml"])
         .output()
         .expect("helm template");
     assert!(
@@ -80,62 +83,9 @@ fn install_chart_account_with(release: &str, lease: &str, values: &[&str]) -> Ch
     )
     .expect("apply the chart's RBAC");
     let account = format!("{release}-resurgo");
-    let token = kubectl_ok(
-        &[
-            "-n",
-            &namespace,
-            "create",
-            "token",
-            &account,
-            "--duration=1h",
-        ],
-        None,
-    )
-    .expect("a token for the chart's ServiceAccount");
-    let server = kubectl_ok(
-        &[
-            "config",
-            "view",
-            "--minify",
-            "-o",
-            "jsonpath={.clusters[0].cluster.server}",
-        ],
-        None,
-    )
-    .unwrap();
-    let ca = kubectl_ok(
-        &[
-            "config",
-            "view",
-            "--minify",
-            "--raw",
-            "-o",
-            "jsonpath={.clusters[0].cluster.certificate-authority-data}",
-        ],
-        None,
-    )
-    .unwrap();
     let kubeconfig = work_dir().join(format!("{release}.kubeconfig"));
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: test
-  cluster: {{server: {server}, certificate-authority-data: {ca}}}
-users:
-- name: {account}
-  user: {{token: {token}}}
-contexts:
-- name: test
-  context: {{cluster: test, user: {account}, namespace: {namespace}}}
-current-context: test
-",
-            token = token.trim()
-        ),
-    )
-    .expect("write kubeconfig");
+    resurgo_tests::service_account_kubeconfig(&namespace, &account, &kubeconfig)
+        .expect("a kubeconfig with the chart's ServiceAccount token");
     ChartAccount {
         namespace,
         account: account.clone(),
@@ -180,8 +130,7 @@ impl Operator {
             .args(extra)
             .env("KUBECONFIG", &account.kubeconfig)
             .env("POD_NAME", name)
-            // As the chart's Deployment sets it: the access controller saves suspended
-            // bindings in this namespace, where the chart's Role for them lives.
+            // As the chart's Deployment sets it.
             .env("POD_NAMESPACE", &account.namespace)
             .env("RUST_LOG", "warn,resurgo=debug")
             .stdin(Stdio::null())
@@ -498,8 +447,15 @@ async fn the_charts_service_account_is_enough_for_a_recovery_and_no_more() {
         ),
         ("create pods", vec!["create", "pods", ns.as_str()]),
         ("exec into pods", vec!["create", "pods/exec", ns.as_str()]),
-        // Bindings, `bind` and `escalate` on ClusterRoles and deleting NetworkPolicies are
-        // the AccessPolicy controller's, granted on purpose (charts/resurgo clusterrole.yaml).
+        // Bindings, `bind` on the grantable ClusterRoles and deleting NetworkPolicies are
+        // the AccessPolicy controller's, granted on purpose (charts/resurgo clusterrole.yaml);
+        // tests/tests/chart.rs shows what its admission policies refuse.
+        ("escalate", vec!["escalate", "clusterroles"]),
+        ("write ClusterRoles", vec!["create", "clusterroles"]),
+        (
+            "bind any ClusterRole",
+            vec!["bind", "clusterroles/system:node"],
+        ),
         ("impersonate users", vec!["impersonate", "users"]),
         ("update the plans' spec", vec!["update", "recoveryplans"]),
         ("write CRDs", vec!["create", "customresourcedefinitions"]),
@@ -882,8 +838,7 @@ async fn the_charts_service_account_is_enough_for_grants_and_a_lockdown() {
     )
     .await;
 
-    // Lockdown: the hand-made binding is suspended (saved in the release namespace), the
-    // grant stays.
+    // Lockdown: the hand-made binding is suspended (and saved), the grant stays.
     apply(&manifest("Lockdown"));
     policy_ready(&policy, "Lockdown", &operator).await;
     let suspended = jsonpath(&["accesspolicy", &policy], "{.status.suspendedBindings}");
@@ -898,27 +853,24 @@ async fn the_charts_service_account_is_enough_for_grants_and_a_lockdown() {
             != Some(0),
         "the human binding is still there"
     );
-    let saves_of_policy = format!("--selector=resurgo.dev/access-policy={policy}");
+    // Its save is a cluster-scoped SuspendedBinding (the chart's rules on suspendedbindings).
+    let saved_binding = format!("{namespace}/by-hand");
     let saves = || {
         kubectl_ok(
             &[
-                "-n",
-                &account.namespace,
                 "get",
-                "secrets",
-                &saves_of_policy,
+                "suspendedbindings",
                 "-o",
-                "name",
+                r#"jsonpath={range .items[*]}{.spec.binding.namespace}/{.spec.binding.name}{"\n"}{end}"#,
             ],
             None,
         )
         .unwrap()
+        .lines()
+        .filter(|line| *line == saved_binding)
+        .count()
     };
-    assert!(
-        !saves().trim().is_empty(),
-        "nothing saved in {}",
-        account.namespace
-    );
+    assert_eq!(saves(), 1, "{saved_binding} is not saved");
     until(
         "the nurse has lost access",
         Duration::from_secs(5),
@@ -949,7 +901,7 @@ async fn the_charts_service_account_is_enough_for_grants_and_a_lockdown() {
         "the saves are deleted",
         Duration::from_secs(10),
         &operator,
-        || saves().trim().is_empty(),
+        || saves() == 0,
     )
     .await;
 
@@ -967,6 +919,86 @@ async fn the_charts_service_account_is_enough_for_grants_and_a_lockdown() {
     cleanup(&account, "none");
 }
 
+/// `kubectl auth can-i list pods -n NAMESPACE --as USER`, as the admin.
+fn user_can_list_pods(user: &str, namespace: &str) -> bool {
+    let output = kubectl(
+        &[
+            "auth",
+            "can-i",
+            "list",
+            "pods",
+            "-n",
+            namespace,
+            &format!("--as={user}"),
+        ],
+        None,
+    );
+    String::from_utf8_lossy(&output.stdout).trim() == "yes"
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn with_policy_roles_on_the_charts_account_makes_grants_and_removes_a_policys_own_role() {
+    install_crds().await;
+    let id = unique_name("rbac-roles");
+    let account = install_chart_account_with(
+        &id,
+        &format!("{id}-lease"),
+        &["access.policyRoles.enabled=true"],
+    );
+    let operator = Operator::start(&account, &id, &format!("{id}-operator"), &[]);
+    let namespace = format!("{id}-lab");
+    kubectl_ok(&["create", "namespace", &namespace], None).unwrap();
+    let analyst = format!("{id}-analyst");
+    assert!(!user_can_list_pods(&analyst, &namespace));
+
+    // A role of the policy's own, with a rule the operator does not hold itself (listing
+    // pods): writing it needs `escalate`, binding it `bind`, and its name is
+    // resurgo.role.*, which the admission policy lets through.
+    let policy = format!("{id}-policy");
+    let expiry = k8s_openapi::jiff::Timestamp::from_second(
+        k8s_openapi::jiff::Timestamp::now().as_second() + 300,
+    )
+    .unwrap();
+    apply(
+        &json!({"apiVersion": "resurgo.dev/v1alpha1", "kind": "AccessPolicy",
+                "metadata": {"name": policy, "labels": {TEST_OPERATOR: id}},
+                "spec": {"mode": "Normal",
+                         "roles": [{"name": "pod-reader",
+                                    "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]}],
+                         "grants": [{"name": "analyst", "subject": {"kind": "User", "name": analyst},
+                                     "policyRole": "pod-reader", "namespaces": [namespace],
+                                     "expiresAt": expiry.to_string(), "reason": "incident analysis"}]}})
+        .to_string(),
+    );
+    policy_ready(&policy, "Normal", &operator).await;
+    let role = format!("resurgo.role.{policy}.pod-reader");
+    kubectl_ok(&["get", "clusterrole", &role], None).expect("the policy's own ClusterRole");
+    until(
+        "the grant of the policy's role gives access",
+        Duration::from_secs(5),
+        &operator,
+        || user_can_list_pods(&analyst, &namespace),
+    )
+    .await;
+
+    // Deleting the policy takes its role and its grant away.
+    kubectl_ok(&["delete", "accesspolicy", &policy, "--timeout=30s"], None).unwrap();
+    until(
+        "the policy's role is deleted",
+        Duration::from_secs(10),
+        &operator,
+        || kubectl(&["get", "clusterrole", &role], None).status.code() != Some(0),
+    )
+    .await;
+    assert!(!user_can_list_pods(&analyst, &namespace));
+    assert_nothing_refused(&operator);
+
+    drop(operator);
+    let _ = kubectl(&["delete", "namespace", &namespace, "--wait=false"], None);
+    cleanup(&account, "none");
+}
+
 fn cleanup(account: &ChartAccount, plan: &str) {
     let _ = kubectl(&["delete", "recoveryplan", plan, "--wait=false"], None);
     let _ = kubectl(
@@ -974,6 +1006,15 @@ fn cleanup(account: &ChartAccount, plan: &str) {
             "delete",
             "clusterrole,clusterrolebinding",
             &account.cluster_role,
+        ],
+        None,
+    );
+    let _ = kubectl(
+        &[
+            "delete",
+            "validatingadmissionpolicy,validatingadmissionpolicybinding",
+            &format!("{}-bindings", account.cluster_role),
+            &format!("{}-clusterroles", account.cluster_role),
         ],
         None,
     );
