@@ -6,33 +6,23 @@
 //!    ClusterRoleBindings of its grants in force, and the NetworkPolicies of its
 //!    remote-access rules in force (server-side apply, field manager `resurgo`, labelled and
 //!    owned by the policy), and deletes those of expired or removed grants and rules;
-//! 2. in `Lockdown` (its own, or while an open Real Incident names it), saves and then suspends every binding of a human subject (see
-//!    [`lockdown`]); in `Normal`, restores exactly what the policy's lockdown saved;
+//! 2. brings the cluster's one lockdown up to date ([`enforce`]): while any policy is in
+//!    `Lockdown` (its own, or while an open Real Incident names it), every binding of a
+//!    human path is saved in the ledger and suspended (see [`lockdown`]); once none is,
+//!    what the ledger holds comes back exactly;
 //! 3. writes the status once and asks to run again at the next expiry, to the second. The
 //!    rest is driven by watches: the policies, all RoleBindings and ClusterRoleBindings (a
 //!    human binding made during a lockdown is suspended at once), the objects the policy
 //!    owns, and Namespaces (a grant waiting for its namespace).
 //!
-//! A finalizer (`resurgo.dev/access`) restores the policy's suspended bindings and deletes
-//! what it made before a deleted policy goes away.
+//! A finalizer (`resurgo.dev/access`) takes a deleted policy out of the lockdown (its
+//! bindings come back unless another policy holds them) and deletes what it made.
 //!
 //! # RBAC the controller needs
 //!
-//! | apiGroups | resources | verbs | why |
-//! |---|---|---|---|
-//! | `resurgo.dev` | `accesspolicies` | list, watch, patch | read policies; add and remove the finalizer (JSON patch) |
-//! | `resurgo.dev` | `accesspolicies/status` | patch | write the status (server-side apply) |
-//! | `rbac.authorization.k8s.io` | `rolebindings`, `clusterrolebindings` | get, list, watch, create, update, patch, delete | grants (apply), suspending (delete, patch), restoring (create, update) |
-//! | `rbac.authorization.k8s.io` | `clusterroles` | list, watch, create, patch, delete, bind, escalate | policy-defined roles (`escalate`), binding any ClusterRole a grant or a restored binding names (`bind`) |
-//! | `rbac.authorization.k8s.io` | `roles` | bind | restoring a suspended RoleBinding whose roleRef is a Role |
-//! | `networking.k8s.io` | `networkpolicies` | list, watch, create, patch, delete | remote-access rules |
-//! | `""` | `namespaces` | get, list, watch, create | grants wait for their namespace; the operator namespace is created if missing |
-//! | `""` | `secrets` (operator namespace only: a Role) | list, create, delete | saved bindings |
-//! | `resurgo.dev` | `incidents` | list, watch | an open Real incident naming the policy locks it down |
-//! | `events.k8s.io` | `events` | create, patch | Events on the policy |
-//!
-//! The operator must run as a ServiceAccount: lockdown never touches ServiceAccount subjects,
-//! so its own access survives. A User it ran as would be suspended like any other.
+//! The chart's ClusterRole has it, rule by rule with the code that needs it
+//! (charts/resurgo/templates/clusterrole.yaml, "AccessPolicy controller"), and README.md
+//! tables it from the rendered chart.
 
 mod bootstrap;
 mod desired;
@@ -112,15 +102,16 @@ pub enum Error {
 }
 
 impl Error {
-    /// The API server's refusal of an object as invalid (422) or malformed (400), with the
-    /// object and its message: retrying the same request cannot succeed.
+    /// The API server's refusal of an object as invalid (422), malformed (400) or not the
+    /// operator's to write (403: RBAC or an admission policy of the chart), with the object
+    /// and its message: retrying the same request cannot succeed until something changes.
     fn refusal(&self) -> Option<String> {
         match self {
             Error::Kube {
                 action,
                 object,
                 source: kube::Error::Api(status),
-            } if status.code == 422 || status.code == 400 => {
+            } if matches!(status.code, 400 | 403 | 422) => {
                 Some(format!("{action} {object}: {}", status.message))
             }
             _ => None,
