@@ -478,6 +478,15 @@ struct Unrestorable {
     drop: bool,
 }
 
+/// Whether the API server refused a write because its namespace is being deleted.
+fn namespace_terminating(status: &kube::core::Status) -> bool {
+    status.code == 403
+        && status
+            .details
+            .as_ref()
+            .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
+}
+
 /// Creates the saved binding again, or replaces what has its name.
 async fn put_back(
     ctx: &Context,
@@ -525,11 +534,15 @@ async fn put_back(
     };
     match result {
         Ok(()) => Ok(Ok(())),
+        // A namespace gone, or being deleted, takes its RoleBindings with it.
         Err(kube::Error::Api(status))
-            if status.is_not_found() && binding.binding.kind == BindingKind::RoleBinding =>
+            if binding.binding.kind == BindingKind::RoleBinding
+                && (status.is_not_found() || namespace_terminating(&status)) =>
         {
             Ok(Err(Unrestorable {
-                why: format!("namespace {namespace} no longer exists: the binding is dropped"),
+                why: format!(
+                    "namespace {namespace} no longer exists or is being deleted: the binding is dropped"
+                ),
                 drop: true,
             }))
         }
