@@ -808,6 +808,20 @@ async fn the_charts_account_cannot_bind_itself_nor_touch_roles_and_bindings_it_d
             "may not bind itself",
         );
     }
+    // ...nor cluster-admin to any ServiceAccount: it can make ServiceAccounts (a plan's
+    // workloads), and this would be a way to a cluster-admin token.
+    release.refused(
+        "bind another ServiceAccount to cluster-admin",
+        &[
+            "create",
+            "clusterrolebinding",
+            &unique_name("pwn"),
+            "--clusterrole=cluster-admin",
+            "--serviceaccount=default:default",
+        ],
+        None,
+        "to people only",
+    );
     release.refused(
         "bind its namespace's ServiceAccounts to admin in default",
         &[
