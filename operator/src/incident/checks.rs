@@ -752,7 +752,7 @@ spec:
             reason: "ApplyFailed".into(),
             message: "NetworkPolicy resurgo.remote.staff.vpn: spec.ingress[0].ports[0].port: must be between 1 and 65535".into(),
             observed_generation: Some(observed_generation),
-            last_transition_time: Time(Timestamp::from_second(1_000).unwrap()),
+            last_transition_time: Time(k8s_openapi::jiff::Timestamp::from_second(1_000).unwrap()),
         });
         policy
     }
