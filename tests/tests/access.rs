@@ -268,6 +268,89 @@ async fn remote_rules(client: &Client, ns: &str) -> Vec<String> {
     rules
 }
 
+/// An object the API server refuses (here: a NetworkPolicy in a namespace being deleted)
+/// stalls the policy with the object and the API server's reason, instead of a silent
+/// retry loop with no status.
+#[tokio::test]
+#[ignore = "needs cluster: run tests/run.sh"]
+async fn a_refused_object_stalls_the_policy_naming_it() {
+    install_crds().await;
+    let client = client().await;
+    let ns = namespace(&client, "terminating").await;
+    let name = unique_name("refused");
+    let policies: Api<AccessPolicy> = Api::all(client.clone());
+    // A ConfigMap whose finalizer nobody removes keeps the namespace terminating.
+    let hold = "resurgo.test/hold";
+    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), &ns);
+    configmaps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "held", "finalizers": [hold]}}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    Api::<Namespace>::all(client.clone())
+        .delete(&ns, &DeleteParams::default())
+        .await
+        .unwrap();
+    let story = async {
+        policies
+            .create(
+                &PostParams::default(),
+                &policy(
+                    &name,
+                    json!({"mode": "Normal", "remoteAccess": [
+                        {"name": "wan", "namespaces": [ns], "sourceCIDRs": ["10.12.0.0/16"]}
+                    ]}),
+                ),
+            )
+            .await
+            .unwrap();
+        let stalled = await_condition(policies.clone(), &name, |p: Option<&AccessPolicy>| {
+            p.and_then(|p| p.status.as_ref()).is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Stalled" && c.status == "True")
+            })
+        });
+        let stalled = tokio::time::timeout(Duration::from_secs(30), stalled)
+            .await
+            .expect("the policy says it is stalled within 30 s")
+            .unwrap()
+            .unwrap();
+        let conditions = stalled.status.unwrap().conditions;
+        let condition = conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+        assert_eq!(condition.reason, "ApplyFailed", "{condition:?}");
+        assert!(
+            condition
+                .message
+                .contains(&format!("NetworkPolicy {ns}/resurgo.remote.{name}.wan")),
+            "{}",
+            condition.message
+        );
+        assert!(
+            condition.message.contains("being terminated"),
+            "{}",
+            condition.message
+        );
+        has_event(&client, &name, "ApplyFailed", "being terminated").await;
+    };
+    let outcome = std::panic::AssertUnwindSafe(story).catch_unwind().await;
+    deleted(&policies, &name).await;
+    let _ = configmaps
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 #[tokio::test]
 #[ignore = "needs cluster: run tests/run.sh"]
 async fn a_grant_waits_for_its_namespace_and_the_policy_says_so() {
