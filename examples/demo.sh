@@ -159,8 +159,9 @@ wait "$watcher" 2>/dev/null || true
 say "Recovered. Each step, the restore point and its data-loss window, tiers against their RTO (resurgo status)"
 target/debug/resurgo status --incident lazio-ransomware-2021
 
-say "Access stays locked down while the incident is open: hand-made bindings are suspended and saved"
+say "Access stays locked down while the incident is open: hand-made bindings are suspended and saved in the ledger"
 kubectl get accesspolicies
+kubectl get suspendedbindings
 kubectl get clusterrolebinding regional-it-admin 2>&1 || true
 echo "finance auditors may read the ledger: $(kubectl auth can-i get configmaps -n finance --as=auditor --as-group=regione-finance-auditors || true)"
 
