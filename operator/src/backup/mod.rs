@@ -66,6 +66,7 @@ pub mod restore_point;
 pub mod retention;
 pub mod run_backup;
 pub mod s3;
+pub mod s3_answer;
 pub mod schedule;
 pub mod selection;
 pub mod store;
