@@ -13,7 +13,7 @@
 /// store said, never a credential.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum S3Failure {
-    #[error("{what}: no answer within {timeout_seconds} s")]
+    #[error("{what}: timed out, no answer within {timeout_seconds} s")]
     TimedOut { what: String, timeout_seconds: u64 },
     /// The store answered with an S3 error code.
     #[error("{what} answered {status} {code}: {message}")]
