@@ -63,9 +63,17 @@ fn s3_spec(name: &str, bucket: &str, endpoint: &str) -> S3Store {
 
 /// A credentials Secret and a BackupStore on `spec`.
 fn create_store(name: &str, spec: &S3Store, access_key: &str, secret_key: &str) {
+    create_store_with(
+        name,
+        spec,
+        json!({"accessKeyId": access_key, "secretAccessKey": secret_key}),
+    );
+}
+
+fn create_store_with(name: &str, spec: &S3Store, secret_data: serde_json::Value) {
     apply(
         &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("{name}-s3"), "namespace": "default"},
-                 "stringData": {"accessKeyId": access_key, "secretAccessKey": secret_key}})
+                 "stringData": secret_data})
         .to_string(),
     );
     apply(
@@ -117,6 +125,43 @@ async fn a_store_with_a_wrong_secret_key_is_unreachable_with_the_signature_error
         "answered 403 SignatureDoesNotMatch",
     );
     assert_eq!(condition(&status, "Immutable").0, "False", "{status:?}");
+}
+
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn temporary_sts_credentials_work_with_their_session_token_and_fail_without_it() {
+    install_crds().await;
+    let (endpoint, access_key, secret_key) = minio();
+    let name = unique_name("s3-sts");
+    let spec = s3_spec(&name, &name, &endpoint);
+    let root = s3::Target::of(&spec, &access_key, &secret_key);
+    s3::create_bucket(&root).await.expect("create the bucket");
+    let (key, secret, token) = s3::assume_role(&root, 900)
+        .await
+        .expect("temporary credentials from MinIO's STS");
+
+    create_store_with(
+        &name,
+        &spec,
+        json!({"accessKeyId": key, "secretAccessKey": secret, "sessionToken": token}),
+    );
+    let status = probed(&name, Duration::from_secs(60)).await;
+    assert_eq!(condition(&status, "Reachable").0, "True", "{status:?}");
+    // A plain bucket: the probe could destroy its object, and says so.
+    assert_eq!(status.credentials_can_delete, Some(true), "{status:?}");
+
+    // The same temporary key without its token is refused, and says why.
+    let tokenless = format!("{name}-tokenless");
+    let spec = s3_spec(&tokenless, &name, &endpoint);
+    create_store(&tokenless, &spec, &key, &secret);
+    let status = probed(&tokenless, Duration::from_secs(60)).await;
+    let (reachable, reason, _) = condition(&status, "Reachable");
+    assert_eq!(reachable, "False", "{status:?}");
+    assert_ne!(
+        reason, "Unreachable",
+        "the reason names the S3 error: {status:?}"
+    );
+    assert_eq!(condition(&status, "DeleteProtected").0, "False");
 }
 
 /// One request a fake S3 endpoint read: method and path with query.

@@ -151,8 +151,7 @@ fn signature_headers(
         .collect())
 }
 
-/// One signed request, bounded by [`CONNECT_TIMEOUT`] and [`REQUEST_TIMEOUT`]; returns the
-/// status and the body. `what` names the call in a failure.
+/// One signed S3 request on `key` of the bucket ("" = the bucket itself).
 async fn call(
     target: &Target,
     what: &str,
@@ -162,11 +161,10 @@ async fn call(
     headers: &[(&str, String)],
     body: Vec<u8>,
 ) -> Result<(u16, String), S3Failure> {
-    let failed = |message: String| S3Failure::Failed {
+    let mut url = target.url(key).map_err(|message| S3Failure::Failed {
         what: what.to_owned(),
         message,
-    };
-    let mut url = target.url(key).map_err(failed)?;
+    })?;
     if !query.is_empty() {
         let query: Vec<String> = query
             .iter()
@@ -175,6 +173,25 @@ async fn call(
         url = format!("{url}?{}", query.join("&"));
     }
     let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    send(target, what, "s3", method, &url, &headers, body).await
+}
+
+/// One request to `url` signed for `service` with the target's credentials, bounded by
+/// [`CONNECT_TIMEOUT`] and [`REQUEST_TIMEOUT`]; returns the status and the body. `what`
+/// names the call in a failure.
+async fn send(
+    target: &Target,
+    what: &str,
+    service: &str,
+    method: reqwest::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<(u16, String), S3Failure> {
+    let failed = |message: String| S3Failure::Failed {
+        what: what.to_owned(),
+        message,
+    };
     let credentials = aws_credential_types::Credentials::new(
         &target.access_key_id,
         &target.secret_access_key,
@@ -185,12 +202,12 @@ async fn call(
     let signed = signature_headers(
         credentials,
         &target.region,
-        "s3",
+        service,
         s3_settings(),
         SystemTime::now(),
         method.as_str(),
-        &url,
-        &headers,
+        url,
+        headers,
         &body,
     )
     .map_err(failed)?;
@@ -199,7 +216,7 @@ async fn call(
         .timeout(REQUEST_TIMEOUT)
         .build()
         .map_err(|error| failed(format!("HTTP client: {error}")))?;
-    let mut request = client.request(method, &url).body(body);
+    let mut request = client.request(method, url).body(body);
     for (name, value) in headers.iter().copied().chain(
         signed
             .iter()
@@ -338,6 +355,36 @@ pub async fn create_locked_bucket(
         return Err(failure(&what, status, &body));
     }
     Ok(())
+}
+
+/// Temporary credentials from the endpoint's STS `AssumeRole` (test set-ups: MinIO hands
+/// them to its own users): (access key id, secret access key, session token).
+pub async fn assume_role(
+    target: &Target,
+    seconds: u32,
+) -> Result<(String, String, String), S3Failure> {
+    let what = format!("AssumeRole at {}", target.endpoint);
+    let body = format!("Action=AssumeRole&DurationSeconds={seconds}&Version=2011-06-15");
+    let (status, answer) = send(
+        target,
+        &what,
+        "sts",
+        reqwest::Method::POST,
+        &format!("{}/", target.endpoint),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        body.into_bytes(),
+    )
+    .await?;
+    let value = |tag| super::s3_answer::xml_value(&answer, tag).map(str::to_owned);
+    match (
+        status,
+        value("AccessKeyId"),
+        value("SecretAccessKey"),
+        value("SessionToken"),
+    ) {
+        (200, Some(key), Some(secret), Some(token)) => Ok((key, secret, token)),
+        _ => Err(failure(&what, status, &answer)),
+    }
 }
 
 /// Creates a plain bucket, without object lock (test set-ups).

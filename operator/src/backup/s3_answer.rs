@@ -47,6 +47,8 @@ const UNUSABLE_CODES: &[&str] = &[
     "InvalidAccessKeyId",
     "ExpiredToken",
     "InvalidToken",
+    // MinIO's word for a session token it does not know, or a temporary key without one.
+    "InvalidTokenId",
     "TokenRefreshRequired",
     "AuthorizationHeaderMalformed",
     "RequestTimeTooSkewed",
@@ -264,6 +266,7 @@ mod tests {
             (403, "InvalidAccessKeyId"),
             (400, "ExpiredToken"),
             (400, "InvalidToken"),
+            (403, "InvalidTokenId"),
             (400, "AuthorizationHeaderMalformed"),
             (403, "RequestTimeTooSkewed"),
             (404, "NoSuchBucket"),
@@ -285,6 +288,31 @@ mod tests {
         );
         // AccessDenied with another status is not S3's refusal.
         assert_eq!(failed_with(answer(400, "AccessDenied", "")), "AccessDenied");
+    }
+
+    #[test]
+    fn credential_signature_bucket_and_network_failures_make_the_store_unreachable() {
+        let answered = |status, code: &str| failure("read", status, &body(code, ""));
+        for (status, code) in [
+            (403, "SignatureDoesNotMatch"),
+            (403, "InvalidAccessKeyId"),
+            (400, "ExpiredToken"),
+            (403, "InvalidTokenId"),
+            (404, "NoSuchBucket"),
+        ] {
+            assert!(answered(status, code).makes_unreachable(), "{code}");
+        }
+        // A feature the store lacks or does not grant: reported on its own condition.
+        for (status, code) in [(403, "AccessDenied"), (501, "NotImplemented")] {
+            assert!(!answered(status, code).makes_unreachable(), "{code}");
+        }
+        let timed_out = S3Failure::TimedOut {
+            what: "read".into(),
+            timeout_seconds: 30,
+        };
+        assert!(timed_out.makes_unreachable());
+        assert_eq!(timed_out.reason(), "Timeout");
+        assert!(failure("read", 502, "<html>bad gateway</html>").makes_unreachable());
     }
 
     #[test]
