@@ -1,7 +1,8 @@
 //! A BackupStore's probe fails closed, on the real control plane with the operator that
 //! tests/run.sh runs: wrong credentials on a real MinIO, a store whose version delete fails
 //! its signature check, and an endpoint that stops answering all leave the store
-//! Reachable=False with the reason, and never DeleteProtected=True.
+//! Reachable=False with the reason, and never DeleteProtected=True; temporary (STS)
+//! credentials work with their session token.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},

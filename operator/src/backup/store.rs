@@ -396,7 +396,11 @@ pub async fn probe(store: &Store, probe_name: &str) -> (Probe, Option<String>) {
         (Ok(()), _) | (_, Ok(())) => Deletion::Possible,
         (Err(overwrite), Err(delete)) => match (refusal_of(&overwrite), refusal_of(&delete)) {
             (Ok(first), Ok(second)) => Deletion::Refused {
-                codes: vec![first, second],
+                codes: if first == second {
+                    vec![first]
+                } else {
+                    vec![first, second]
+                },
             },
             (Err(failure), _) | (_, Err(failure)) => {
                 if failure.makes_unreachable() {
