@@ -107,8 +107,10 @@ pub struct S3Store {
     /// Allow an `http://` endpoint. Only for test stores on loopback.
     #[serde(default)]
     pub allow_insecure_http: bool,
-    /// Secret with the keys `accessKeyId` and `secretAccessKey`. Give the operator
-    /// credentials that can write but not delete: the status says whether they can.
+    /// Secret with the keys `accessKeyId` and `secretAccessKey`, and `sessionToken` for
+    /// temporary (STS) credentials. Give the operator credentials that can write but not
+    /// delete: the status says whether they can. Wrong or expired credentials make the store
+    /// unreachable, with the S3 error code (such as `SignatureDoesNotMatch`) as the reason.
     pub credentials_secret_ref: SecretRef,
 }
 

@@ -140,8 +140,8 @@ pub async fn open_store(
     Ok(Store::open(spec, credentials).map_err(|error| error.to_string()))
 }
 
-/// S3 credentials from the store's Secret (`accessKeyId`, `secretAccessKey`); `None` for a
-/// filesystem store.
+/// S3 credentials from the store's Secret (`accessKeyId`, `secretAccessKey`, and
+/// `sessionToken` for temporary credentials); `None` for a filesystem store.
 pub async fn credentials(
     client: &Client,
     spec: &BackupStoreSpec,
@@ -168,6 +168,7 @@ pub async fn credentials(
                 (Some(access_key_id), Some(secret_access_key)) => Some(super::store::Credentials {
                     access_key_id,
                     secret_access_key,
+                    session_token: key(SESSION_TOKEN_KEY).filter(|token| !token.is_empty()),
                 }),
                 _ => {
                     return Ok(Err(format!(
@@ -179,6 +180,10 @@ pub async fn credentials(
         }
     }))
 }
+
+/// The key of a store's credentials Secret that holds the session token of temporary (STS)
+/// credentials, next to `accessKeyId` and `secretAccessKey`.
+pub const SESSION_TOKEN_KEY: &str = "sessionToken";
 
 /// The BackupStore a backup names, opened.
 pub async fn store_named(

@@ -7,7 +7,9 @@
 //! - [`retention`], [`restore_point`], [`cron`] (pure): what to delete, what to restore, when
 //!   to run.
 //! - [`store`]: the BackupStore as an `object_store` (filesystem or S3) and its probe;
-//!   [`s3`]: the SigV4-signed S3 calls `object_store` lacks (object lock, versioned delete).
+//!   [`s3`]: the SigV4-signed S3 calls `object_store` lacks (object lock, versioned delete),
+//!   with the timeouts every S3 request has; [`s3_answer`] (pure): what an S3 error answer
+//!   means for the probe, so that only a refused delete reads as protection.
 //! - [`engine`]: reading the cluster and the stores.
 //! - [`verify`] (pure): restore tests' scratch namespaces, the comparison of the restored
 //!   copy with the backup, and the check Jobs' verdict.
@@ -66,6 +68,7 @@ pub mod restore_point;
 pub mod retention;
 pub mod run_backup;
 pub mod s3;
+pub mod s3_answer;
 pub mod schedule;
 pub mod selection;
 pub mod store;

@@ -5,17 +5,20 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use object_store::{
-    ObjectStore, PutMode, PutOptions, PutPayload, aws::AmazonS3Builder, local::LocalFileSystem,
-    path::Path, signer::Signer,
+    ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload, aws::AmazonS3Builder,
+    local::LocalFileSystem, path::Path, signer::Signer,
 };
 use sha2::{Digest, Sha256};
 
+use super::s3::{self, S3Failure};
 use crate::api::backup_store::{BackupStoreSpec, StoreType};
 
 /// S3 credentials, read from the store's Secret. Never logged.
 pub struct Credentials {
     pub access_key_id: String,
     pub secret_access_key: String,
+    /// The session token of temporary (STS) credentials.
+    pub session_token: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -109,13 +112,21 @@ impl Store {
         };
         let credentials =
             credentials.ok_or_else(|| StoreError::Config("S3 credentials are missing".into()))?;
+        // Client options first: they replace the whole set, allow_http included.
+        let client_options = ClientOptions::new()
+            .with_connect_timeout(s3::CONNECT_TIMEOUT)
+            .with_timeout(s3::REQUEST_TIMEOUT);
         let mut builder = AmazonS3Builder::new()
+            .with_client_options(client_options)
             .with_bucket_name(&s3.bucket)
             .with_region(s3.region.as_deref().unwrap_or("us-east-1"))
             .with_access_key_id(credentials.access_key_id)
             .with_secret_access_key(credentials.secret_access_key)
             .with_virtual_hosted_style_request(!s3.force_path_style)
             .with_allow_http(s3.allow_insecure_http);
+        if let Some(token) = credentials.session_token {
+            builder = builder.with_token(token);
+        }
         if let Some(endpoint) = &s3.endpoint {
             builder = builder.with_endpoint(endpoint);
         }
@@ -266,17 +277,94 @@ impl Store {
     }
 }
 
+/// Why a store could not be probed: a condition reason (the S3 error code, `Timeout`,
+/// `Unreachable`) and what failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unreachable {
+    pub reason: String,
+    pub message: String,
+}
+
+impl From<S3Failure> for Unreachable {
+    fn from(failure: S3Failure) -> Self {
+        Unreachable {
+            reason: failure.reason(),
+            message: failure.to_string(),
+        }
+    }
+}
+
+/// Whether the operator's credentials could destroy the probe object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Deletion {
+    /// Overwritten, deleted, or its version deleted.
+    Possible,
+    /// Every way of destroying it was refused by the store (the codes it gave).
+    Refused { codes: Vec<String> },
+    /// Not known: the probe could not write, or a try failed for another reason.
+    Unknown { reason: String, message: String },
+}
+
 /// What a probe found.
 #[derive(Debug)]
 pub struct Probe {
-    pub reachable: Result<(), String>,
-    /// Whether the probe object could be destroyed: `None` when the probe could not write.
-    pub can_delete: Option<bool>,
+    pub reachable: Result<(), Unreachable>,
+    pub deletion: Deletion,
+}
+
+impl Probe {
+    fn unreachable(unreachable: Unreachable) -> Self {
+        Probe {
+            deletion: Deletion::Unknown {
+                reason: unreachable.reason.clone(),
+                message: "the store could not be probed".to_owned(),
+            },
+            reachable: Err(unreachable),
+        }
+    }
 }
 
 /// The key of a probe object, under `probes/`.
 pub fn probe_key(probe_name: &str) -> String {
     format!("probes/{probe_name}")
+}
+
+/// What a failed store call says: read through the S3 error it carries, if any.
+fn failure_of(error: &StoreError) -> S3Failure {
+    match error {
+        StoreError::Io {
+            action,
+            path,
+            source,
+        } => S3Failure::of_store_error(&format!("{action} {path}"), source),
+        StoreError::Config(message) => S3Failure::Failed {
+            what: "opening the store".to_owned(),
+            message: message.clone(),
+        },
+    }
+}
+
+/// Whether a failed overwrite or delete was refused by the store itself: S3's refusal, or
+/// a filesystem's permission error. Anything else says nothing about what is possible.
+fn refusal_of(error: &StoreError) -> Result<String, S3Failure> {
+    let failure = failure_of(error);
+    if let S3Failure::Answered { code, .. } = &failure
+        && failure.is_refusal()
+    {
+        return Ok(code.clone());
+    }
+    if let StoreError::Io { source, .. } = error {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+        while let Some(current) = cause {
+            if let Some(io) = current.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::PermissionDenied
+            {
+                return Ok("PermissionDenied".to_owned());
+            }
+            cause = current.source();
+        }
+    }
+    Err(failure)
 }
 
 /// Writes a probe object; in a versioned bucket, returns its version so that the caller can
@@ -286,21 +374,16 @@ pub async fn probe(store: &Store, probe_name: &str) -> (Probe, Option<String>) {
     let version = match store.create(&key, b"resurgo probe".to_vec()).await {
         Ok(version) => version,
         Err(error) if error.is_already_there() => None,
-        Err(error) => {
-            return (
-                Probe {
-                    reachable: Err(error.to_string()),
-                    can_delete: None,
-                },
-                None,
-            );
-        }
+        Err(error) => return (Probe::unreachable(failure_of(&error).into()), None),
     };
     if version.is_some() {
         return (
             Probe {
                 reachable: Ok(()),
-                can_delete: None,
+                deletion: Deletion::Unknown {
+                    reason: "NotTried".to_owned(),
+                    message: "the probe object's version was not deleted yet".to_owned(),
+                },
             },
             version,
         );
@@ -309,10 +392,31 @@ pub async fn probe(store: &Store, probe_name: &str) -> (Probe, Option<String>) {
         .overwrite(&key, b"resurgo probe, again".to_vec())
         .await;
     let delete = store.delete(&key).await;
+    let deletion = match (overwrite, delete) {
+        (Ok(()), _) | (_, Ok(())) => Deletion::Possible,
+        (Err(overwrite), Err(delete)) => match (refusal_of(&overwrite), refusal_of(&delete)) {
+            (Ok(first), Ok(second)) => Deletion::Refused {
+                codes: if first == second {
+                    vec![first]
+                } else {
+                    vec![first, second]
+                },
+            },
+            (Err(failure), _) | (_, Err(failure)) => {
+                if failure.makes_unreachable() {
+                    return (Probe::unreachable(failure.into()), None);
+                }
+                Deletion::Unknown {
+                    reason: failure.reason(),
+                    message: failure.to_string(),
+                }
+            }
+        },
+    };
     (
         Probe {
             reachable: Ok(()),
-            can_delete: Some(overwrite.is_ok() || delete.is_ok()),
+            deletion,
         },
         None,
     )
