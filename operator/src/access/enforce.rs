@@ -100,67 +100,17 @@ pub async fn converge(
         .list(&ListParams::default())
         .await
         .map_err(super::kube_error("list", "Incidents"))?;
-    let open: Vec<&Incident> = incidents.items.iter().filter(|i| locks(i)).collect();
-
-    let mut rules = Rules {
-        operator: Some(operator),
-        saver: reconciling.name_any(),
-        ..Default::default()
-    };
-    let mut locked_by = Vec::new();
-    let mut since: Option<Timestamp> = None;
-    for policy in &policies.items {
-        let name = policy.name_any();
-        // A subject break-glass in any policy is never suspended by any policy.
-        rules
-            .break_glass
-            .extend(policy.spec.break_glass.iter().cloned());
-        if Some(name.as_str()) == deleting || policy.meta().deletion_timestamp.is_some() {
-            continue;
-        }
-        let locking: Vec<String> = open
-            .iter()
-            .filter(|i| i.spec.access_policies.contains(&name))
-            .map(|i| i.name_any())
-            .collect();
-        let (spec, _) = desired::effective(&policy.spec, &locking);
-        if let Some(owner) = policy.controller_owner_ref(&()) {
-            let wanted = desired::desired(&spec, &name, &owner, now);
-            rules.grants.extend(
-                wanted
-                    .role_bindings
-                    .iter()
-                    .map(|(_, rb)| saved::from_role_binding(rb))
-                    .chain(
-                        wanted
-                            .cluster_role_bindings
-                            .iter()
-                            .map(|(_, crb)| saved::from_cluster_role_binding(crb)),
-                    ),
-            );
-        }
-        if spec.mode == AccessMode::Lockdown && mine.contains(&name) {
-            locked_by.push(name);
-            let began = policy
-                .status
-                .as_ref()
-                .and_then(|s| s.lockdown_since.as_ref())
-                .map(|t| t.0);
-            since = min(since, began);
-            // The bindings to ServiceAccounts made after the compromise of an incident
-            // that locks a policy down may be the attacker's: they go with the humans'.
-            for incident in open
-                .iter()
-                .filter(|i| i.spec.access_policies.contains(&policy.name_any()))
-            {
-                rules.service_accounts_since = min(
-                    rules.service_accounts_since,
-                    Some(incident.spec.compromised_since.0),
-                );
-            }
-        }
-    }
-    rules.active = !locked_by.is_empty();
+    let (mut rules, locked_by) = rules_of(
+        &policies.items,
+        &incidents.items,
+        &Selection {
+            mine: &mine,
+            deleting,
+        },
+        now,
+    );
+    rules.operator = Some(operator);
+    rules.saver = reconciling.name_any();
 
     // The entries this operator restores: its policies', and those of policies gone.
     let ledger: BTreeMap<BindingRef, Entry> = read_ledger(ctx)
@@ -177,7 +127,7 @@ pub async fn converge(
             .filter(|e| !e.held)
             .map(|e| e.suspended_at)
             .min();
-        rules.since = Some(min(since, earliest).unwrap_or(now));
+        rules.since = Some(min(rules.since, earliest).unwrap_or(now));
     }
 
     let chains = lockdown::plan(&found, &ledger, &rules, now);
@@ -216,6 +166,80 @@ pub async fn converge(
         suspended,
         not_restored,
     })
+}
+
+/// Which policies this operator enforces.
+pub struct Selection<'a> {
+    /// Its policies (`--selector`).
+    pub mine: &'a BTreeSet<String>,
+    /// A policy being deleted: it no longer counts.
+    pub deleting: Option<&'a str>,
+}
+
+/// The cluster's lockdown rules, from every policy and incident, and the policies in
+/// Lockdown. `since` is the earliest start any of them recorded (the caller bounds it by the
+/// ledger); `operator` and `saver` are left for the caller.
+pub fn rules_of(
+    policies: &[AccessPolicy],
+    incidents: &[Incident],
+    selection: &Selection,
+    now: Timestamp,
+) -> (Rules, Vec<String>) {
+    let open: Vec<&Incident> = incidents.iter().filter(|i| locks(i)).collect();
+    let mut rules = Rules::default();
+    let mut locked_by = Vec::new();
+    for policy in policies {
+        let name = policy.name_any();
+        // A subject break-glass in any policy is never suspended by any policy.
+        rules
+            .break_glass
+            .extend(policy.spec.break_glass.iter().cloned());
+        if Some(name.as_str()) == selection.deleting || policy.meta().deletion_timestamp.is_some() {
+            continue;
+        }
+        let locking: Vec<&Incident> = open
+            .iter()
+            .copied()
+            .filter(|i| i.spec.access_policies.contains(&name))
+            .collect();
+        let names: Vec<String> = locking.iter().map(|i| i.name_any()).collect();
+        let (spec, _) = desired::effective(&policy.spec, &names);
+        // Grants count whoever's policy asks for them.
+        if let Some(owner) = policy.controller_owner_ref(&()) {
+            let wanted = desired::desired(&spec, &name, &owner, now);
+            let role_bindings = wanted
+                .role_bindings
+                .iter()
+                .map(|(_, rb)| saved::from_role_binding(rb));
+            let cluster_role_bindings = wanted
+                .cluster_role_bindings
+                .iter()
+                .map(|(_, crb)| saved::from_cluster_role_binding(crb));
+            rules
+                .grants
+                .extend(role_bindings.chain(cluster_role_bindings));
+        }
+        if spec.mode != AccessMode::Lockdown || !selection.mine.contains(&name) {
+            continue;
+        }
+        let began = policy
+            .status
+            .as_ref()
+            .and_then(|s| s.lockdown_since.as_ref())
+            .map(|t| t.0);
+        rules.since = min(rules.since, began);
+        // The bindings to ServiceAccounts made after the compromise of an incident that
+        // locks a policy down may be the attacker's: they go with the humans'.
+        for incident in locking {
+            rules.service_accounts_since = min(
+                rules.service_accounts_since,
+                Some(incident.spec.compromised_since.0),
+            );
+        }
+        locked_by.push(name);
+    }
+    rules.active = !locked_by.is_empty();
+    (rules, locked_by)
 }
 
 fn min(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
@@ -559,5 +583,97 @@ async fn put_back(
             }))
         }
         Err(error) => Err(super::kube_error("restore", what)(error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn policy(name: &str, spec: serde_json::Value) -> AccessPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "resurgo.dev/v1alpha1", "kind": "AccessPolicy",
+            "metadata": {"name": name, "uid": format!("uid-{name}")},
+            "spec": spec
+        }))
+        .unwrap()
+    }
+
+    fn incident(name: &str, state: &str, policies: &[&str]) -> Incident {
+        serde_json::from_value(json!({
+            "apiVersion": "resurgo.dev/v1alpha1", "kind": "Incident",
+            "metadata": {"name": name},
+            "spec": {"mode": "Real", "state": state, "compromisedSince": "2026-11-01T00:00:00Z",
+                     "accessPolicies": policies}
+        }))
+        .unwrap()
+    }
+
+    fn now() -> Timestamp {
+        "2026-12-01T00:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn any_policy_in_lockdown_locks_the_cluster_and_break_glass_of_any_counts() {
+        let policies = [
+            policy(
+                "a",
+                json!({"mode": "Normal",
+                "breakGlass": [{"kind": "Group", "name": "duty-officers"}],
+                "grants": [{"name": "g", "subject": {"kind": "User", "name": "tech"},
+                            "clusterRole": "view", "namespaces": ["ns"],
+                            "expiresAt": "2027-01-01T00:00:00Z", "reason": "r"}]}),
+            ),
+            policy("b", json!({"mode": "Lockdown"})),
+        ];
+        let mine = BTreeSet::from(["a".to_owned(), "b".to_owned()]);
+        let selection = Selection {
+            mine: &mine,
+            deleting: None,
+        };
+        let (rules, locked_by) = rules_of(&policies, &[], &selection, now());
+        assert!(rules.active);
+        assert_eq!(locked_by, ["b"]);
+        assert_eq!(rules.break_glass.len(), 1);
+        assert_eq!(rules.grants.len(), 1);
+        assert_eq!(rules.grants[0].binding.name, "resurgo.grant.a.g");
+        assert_eq!(rules.service_accounts_since, None);
+
+        // The one in Lockdown being deleted: no lockdown any more; nor when another
+        // operator's policy.
+        let deleting = Selection {
+            mine: &mine,
+            deleting: Some("b"),
+        };
+        assert!(!rules_of(&policies, &[], &deleting, now()).0.active);
+        let only_a = BTreeSet::from(["a".to_owned()]);
+        let other = Selection {
+            mine: &only_a,
+            deleting: None,
+        };
+        assert!(!rules_of(&policies, &[], &other, now()).0.active);
+    }
+
+    #[test]
+    fn an_open_real_incident_locks_its_policies_and_dates_service_account_bindings() {
+        let policies = [policy("a", json!({"mode": "Normal"}))];
+        let mine = BTreeSet::from(["a".to_owned()]);
+        let selection = Selection {
+            mine: &mine,
+            deleting: None,
+        };
+        let open = [incident("ransomware", "Open", &["a"])];
+        let (rules, locked_by) = rules_of(&policies, &open, &selection, now());
+        assert_eq!(locked_by, ["a"]);
+        assert_eq!(
+            rules.service_accounts_since,
+            Some("2026-11-01T00:00:00Z".parse().unwrap())
+        );
+        let closed = [incident("ransomware", "Closed", &["a"])];
+        let (rules, _) = rules_of(&policies, &closed, &selection, now());
+        assert!(!rules.active);
+        assert_eq!(rules.service_accounts_since, None);
     }
 }
