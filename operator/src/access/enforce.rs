@@ -19,7 +19,10 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions},
+    api::{
+        ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+        Preconditions,
+    },
     runtime::events::EventType,
 };
 use serde_json::json;
@@ -311,160 +314,119 @@ async fn read_bindings(ctx: &Context) -> Result<Vec<Found>, Error> {
 }
 
 /// Runs one binding's steps in order. `Ok(Some(why))` when a saved binding cannot come
-/// back (its save is kept).
+/// back (its entry is kept).
 async fn run_chain(
     ctx: &Context,
     policy: &AccessPolicy,
     chain: Vec<Step>,
     versions: &BTreeMap<BindingRef, Found>,
 ) -> Result<Option<String>, Error> {
-    let name = policy.name_any();
-    let entries = Api::<SuspendedBinding>::all(ctx.client.clone());
     for step in chain {
         match step {
             Step::Save(entry) => {
                 let uid = versions
                     .get(&entry.binding.binding)
                     .and_then(|f| f.uid.clone());
-                let object = saved::to_object(&entry, uid);
-                match entries.create(&PostParams::default(), &object).await {
-                    Ok(_) => {}
-                    // Saved already, by a run cut short: the first save is the one that
-                    // returns.
-                    Err(kube::Error::Api(status)) if status.is_already_exists() => {}
-                    Err(error) => {
-                        return Err(
-                            super::kube_error("save", entry.binding.binding.to_string())(error),
-                        );
-                    }
-                }
+                save(ctx, &entry, uid).await?;
             }
             Step::Delete(binding, uid) => {
-                let params = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid,
-                        resource_version: None,
-                    }),
-                    ..Default::default()
-                };
-                let result = match binding.kind {
-                    BindingKind::RoleBinding => Api::<RoleBinding>::namespaced(
-                        ctx.client.clone(),
-                        binding.namespace.as_deref().unwrap_or_default(),
-                    )
-                    .delete(&binding.name, &params)
-                    .await
-                    .map(|_| ()),
-                    BindingKind::ClusterRoleBinding => {
-                        Api::<ClusterRoleBinding>::all(ctx.client.clone())
-                            .delete(&binding.name, &params)
-                            .await
-                            .map(|_| ())
-                    }
-                };
-                match result {
-                    Ok(()) => {}
-                    Err(kube::Error::Api(status)) if status.is_not_found() => return Ok(None),
-                    Err(error) => {
-                        return Err(super::kube_error("suspend", binding.to_string())(error));
-                    }
+                if !delete_binding(ctx, &binding, uid).await? {
+                    // Gone already: nothing more to do for it.
+                    return Ok(None);
                 }
-                info!(policy = %name, binding = %binding, "binding suspended");
                 let note = format!(
                     "{binding} deleted; saved in SuspendedBinding {}",
                     saved::save_name(&binding)
                 );
-                let related = Some(binding_reference(&binding));
-                publish(
-                    ctx,
-                    policy,
-                    EventType::Normal,
-                    "BindingSuspended",
-                    note,
-                    related,
-                )
-                .await;
+                suspended(ctx, policy, &binding, note).await;
             }
             Step::Reduce(binding, kept, version) => {
                 reduce(ctx, &binding, &kept, version).await?;
-                info!(policy = %name, binding = %binding, "binding suspended");
                 let note = format!(
                     "{binding}: suspended subjects removed, {} kept; saved in SuspendedBinding {}",
                     describe_subjects(&kept),
                     saved::save_name(&binding)
                 );
-                let related = Some(binding_reference(&binding));
-                publish(
-                    ctx,
-                    policy,
-                    EventType::Normal,
-                    "BindingSuspended",
-                    note,
-                    related,
-                )
-                .await;
+                suspended(ctx, policy, &binding, note).await;
             }
             Step::Restore(binding) => {
                 let current = versions.get(&binding.binding);
-                match put_back(ctx, &binding, current).await? {
-                    Ok(()) => {
-                        info!(policy = %name, binding = %binding.binding, "binding restored");
-                        let note = format!("{} restored as it was saved", binding.binding);
-                        let related = Some(binding_reference(&binding.binding));
-                        publish(
-                            ctx,
-                            policy,
-                            EventType::Normal,
-                            "BindingRestored",
-                            note,
-                            related,
-                        )
-                        .await;
-                    }
-                    Err(Unrestorable { why, drop }) => {
-                        warn!(policy = %name, binding = %binding.binding, %why, "binding not restored");
-                        let note = format!("{}: {why}", binding.binding);
-                        let related = Some(binding_reference(&binding.binding));
-                        publish(
-                            ctx,
-                            policy,
-                            EventType::Warning,
-                            "BindingNotRestored",
-                            note.clone(),
-                            related,
-                        )
-                        .await;
-                        if !drop {
-                            // Kept in the ledger: nothing is lost, a cluster admin can act.
-                            return Ok(Some(note));
-                        }
-                    }
+                if let Some(why) = restore(ctx, policy, &binding, current).await? {
+                    return Ok(Some(why));
                 }
             }
-            Step::Forget(binding) => {
-                let save = saved::save_name(&binding);
-                match entries.delete(&save, &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(status)) if status.is_not_found() => {}
-                    Err(error) => {
-                        return Err(super::kube_error(
-                            "delete",
-                            format!("SuspendedBinding {save}"),
-                        )(error));
-                    }
-                }
-            }
+            Step::Forget(binding) => forget(ctx, &binding).await?,
         }
     }
     Ok(None)
 }
 
-fn describe_subjects(subjects: &[RbacSubject]) -> String {
-    subjects
-        .iter()
-        .map(|s| format!("{} {}", s.kind, s.name))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// The API of the binding's kind, in its namespace. Dynamic, so that one code path serves
+/// RoleBindings and ClusterRoleBindings alike.
+fn binding_api(ctx: &Context, binding: &BindingRef) -> Api<DynamicObject> {
+    match binding.kind {
+        BindingKind::RoleBinding => Api::namespaced_with(
+            ctx.client.clone(),
+            binding.namespace.as_deref().unwrap_or_default(),
+            &ApiResource::erase::<RoleBinding>(&()),
+        ),
+        BindingKind::ClusterRoleBinding => Api::all_with(
+            ctx.client.clone(),
+            &ApiResource::erase::<ClusterRoleBinding>(&()),
+        ),
+    }
+}
+
+/// The saved binding as an object to create or replace.
+fn object_of(binding: &Binding) -> DynamicObject {
+    let value = match binding.binding.kind {
+        BindingKind::RoleBinding => serde_json::to_value(saved::to_role_binding(binding)),
+        BindingKind::ClusterRoleBinding => {
+            serde_json::to_value(saved::to_cluster_role_binding(binding))
+        }
+    };
+    let mut value = value.expect("a binding serialises");
+    let kind = format!("{:?}", binding.binding.kind);
+    value["apiVersion"] = "rbac.authorization.k8s.io/v1".into();
+    value["kind"] = kind.into();
+    serde_json::from_value(value).expect("a binding is an object")
+}
+
+/// Writes the ledger entry; one that exists already (a run cut short) is the first save,
+/// the one that returns.
+async fn save(ctx: &Context, entry: &Entry, uid: Option<String>) -> Result<(), Error> {
+    let object = saved::to_object(entry, uid);
+    match Api::<SuspendedBinding>::all(ctx.client.clone())
+        .create(&PostParams::default(), &object)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(()),
+        Err(error) => Err(super::kube_error("save", entry.binding.binding.to_string())(error)),
+    }
+}
+
+/// Deletes the binding if it is still the one with `uid`; `false` when it was gone.
+async fn delete_binding(
+    ctx: &Context,
+    binding: &BindingRef,
+    uid: Option<String>,
+) -> Result<bool, Error> {
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid,
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match binding_api(ctx, binding)
+        .delete(&binding.name, &params)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
+        Err(error) => Err(super::kube_error("suspend", binding.to_string())(error)),
+    }
 }
 
 /// Keeps only `kept` subjects on a binding, if it has not changed since it was read.
@@ -478,25 +440,97 @@ async fn reduce(
         "metadata": {"resourceVersion": version},
         "subjects": kept,
     }));
-    let params = PatchParams::default();
-    let result = match binding.kind {
-        BindingKind::RoleBinding => Api::<RoleBinding>::namespaced(
-            ctx.client.clone(),
-            binding.namespace.as_deref().unwrap_or_default(),
-        )
-        .patch(&binding.name, &params, &patch)
+    binding_api(ctx, binding)
+        .patch(&binding.name, &PatchParams::default(), &patch)
         .await
-        .map(|_| ()),
-        BindingKind::ClusterRoleBinding => Api::<ClusterRoleBinding>::all(ctx.client.clone())
-            .patch(&binding.name, &params, &patch)
-            .await
-            .map(|_| ()),
-    };
-    result.map_err(super::kube_error("suspend", binding.to_string()))
+        .map(|_| ())
+        .map_err(super::kube_error("suspend", binding.to_string()))
+}
+
+async fn suspended(ctx: &Context, policy: &AccessPolicy, binding: &BindingRef, note: String) {
+    info!(policy = %policy.name_any(), binding = %binding, "binding suspended");
+    let related = Some(binding_reference(binding));
+    publish(
+        ctx,
+        policy,
+        EventType::Normal,
+        "BindingSuspended",
+        note,
+        related,
+    )
+    .await;
+}
+
+/// Puts the saved binding back and says so. `Ok(Some(why))` when it cannot come back and
+/// its entry stays for a cluster admin.
+async fn restore(
+    ctx: &Context,
+    policy: &AccessPolicy,
+    binding: &Binding,
+    current: Option<&Found>,
+) -> Result<Option<String>, Error> {
+    let name = policy.name_any();
+    let related = Some(binding_reference(&binding.binding));
+    match put_back(ctx, binding, current).await? {
+        Ok(()) => {
+            info!(policy = %name, binding = %binding.binding, "binding restored");
+            let note = format!("{} restored as it was saved", binding.binding);
+            publish(
+                ctx,
+                policy,
+                EventType::Normal,
+                "BindingRestored",
+                note,
+                related,
+            )
+            .await;
+            Ok(None)
+        }
+        Err(Unrestorable { why, drop }) => {
+            warn!(policy = %name, binding = %binding.binding, %why, "binding not restored");
+            let note = format!("{}: {why}", binding.binding);
+            publish(
+                ctx,
+                policy,
+                EventType::Warning,
+                "BindingNotRestored",
+                note.clone(),
+                related,
+            )
+            .await;
+            // Kept in the ledger unless it can never come back: nothing is lost, a cluster
+            // admin can act.
+            Ok((!drop).then_some(note))
+        }
+    }
+}
+
+/// Deletes the ledger entry of a binding that is back.
+async fn forget(ctx: &Context, binding: &BindingRef) -> Result<(), Error> {
+    let save = saved::save_name(binding);
+    match Api::<SuspendedBinding>::all(ctx.client.clone())
+        .delete(&save, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(error) => Err(super::kube_error(
+            "delete",
+            format!("SuspendedBinding {save}"),
+        )(error)),
+    }
+}
+
+fn describe_subjects(subjects: &[RbacSubject]) -> String {
+    subjects
+        .iter()
+        .map(|s| format!("{} {}", s.kind, s.name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Why a saved binding did not come back; `drop` when it never can (its namespace is gone)
-/// and the save goes.
+/// and the entry goes.
 struct Unrestorable {
     why: String,
     drop: bool,
@@ -518,46 +552,25 @@ async fn put_back(
     current: Option<&Found>,
 ) -> Result<Result<(), Unrestorable>, Error> {
     let what = binding.binding.to_string();
-    let namespace = binding.binding.namespace.clone().unwrap_or_default();
+    let api = binding_api(ctx, &binding.binding);
+    let mut object = object_of(binding);
+    let post = PostParams::default();
     // The role of a binding cannot change: a binding of the same name with another role is
     // deleted first.
-    let replace = current.is_some_and(|c| c.binding.role_ref == binding.role_ref);
-    let version = current.and_then(|c| c.resource_version.clone());
-    let post = PostParams::default();
-    let result = match binding.binding.kind {
-        BindingKind::RoleBinding => {
-            let api: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &namespace);
-            let mut object = saved::to_role_binding(binding);
-            if replace {
-                object.metadata.resource_version = version;
-                api.replace(&binding.binding.name, &post, &object)
-                    .await
-                    .map(|_| ())
-            } else {
-                if current.is_some() {
-                    super::delete(&api, &binding.binding.name, &what).await?;
-                }
-                api.create(&post, &object).await.map(|_| ())
-            }
+    let result = match current {
+        Some(found) if found.binding.role_ref == binding.role_ref => {
+            object.metadata.resource_version = found.resource_version.clone();
+            api.replace(&binding.binding.name, &post, &object).await
         }
-        BindingKind::ClusterRoleBinding => {
-            let api: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
-            let mut object = saved::to_cluster_role_binding(binding);
-            if replace {
-                object.metadata.resource_version = version;
-                api.replace(&binding.binding.name, &post, &object)
-                    .await
-                    .map(|_| ())
-            } else {
-                if current.is_some() {
-                    super::delete(&api, &binding.binding.name, &what).await?;
-                }
-                api.create(&post, &object).await.map(|_| ())
-            }
+        Some(_) => {
+            super::delete(&api, &binding.binding.name, &what).await?;
+            api.create(&post, &object).await
         }
+        None => api.create(&post, &object).await,
     };
+    let namespace = binding.binding.namespace.as_deref().unwrap_or_default();
     match result {
-        Ok(()) => Ok(Ok(())),
+        Ok(_) => Ok(Ok(())),
         // A namespace gone, or being deleted, takes its RoleBindings with it.
         Err(kube::Error::Api(status))
             if binding.binding.kind == BindingKind::RoleBinding
@@ -572,7 +585,7 @@ async fn put_back(
         }
         // The operator may not bind this role (the chart's grantable roles), or an
         // admission policy refuses it: a cluster admin has to put it back.
-        Err(kube::Error::Api(status)) if status.is_forbidden() || status.code == 422 => {
+        Err(kube::Error::Api(status)) if status.code == 403 || status.code == 422 => {
             Ok(Err(Unrestorable {
                 why: format!(
                     "the API server refused to restore it ({}); it stays saved in SuspendedBinding {} for a cluster admin",
