@@ -15,6 +15,8 @@ use crate::api::incident::{
 pub enum Step {
     /// Every named AccessPolicy reports Lockdown.
     Lockdown,
+    /// The ServiceAccounts of the named namespaces are re-created: their tokens are void.
+    InvalidateServiceAccountTokens,
     /// Every BackupSchedule reports pruning frozen.
     FreezePruning,
     /// A restore point is recorded for every service that restores from a backup.
@@ -36,6 +38,7 @@ impl Step {
     pub fn name(self) -> &'static str {
         match self {
             Step::Lockdown => "Lockdown",
+            Step::InvalidateServiceAccountTokens => "InvalidateServiceAccountTokens",
             Step::FreezePruning => "FreezePruning",
             Step::ChooseRestorePoints => "ChooseRestorePoints",
             Step::Recover => "Recover",
@@ -51,13 +54,21 @@ impl Step {
 pub fn sequence(spec: &IncidentSpec) -> Vec<Step> {
     let clean_up = spec.drill.as_ref().is_none_or(|d| d.clean_up);
     match (spec.mode, spec.state) {
-        (IncidentMode::Real, IncidentState::Open) => vec![
-            Step::Lockdown,
-            Step::FreezePruning,
-            Step::ChooseRestorePoints,
-            Step::Recover,
-            Step::RotateCredentials,
-        ],
+        (IncidentMode::Real, IncidentState::Open) => {
+            let mut steps = vec![Step::Lockdown];
+            // After the lockdown: those it suspended can no longer mint tokens for the
+            // re-created accounts.
+            if spec.invalidate_service_account_tokens.is_some() {
+                steps.push(Step::InvalidateServiceAccountTokens);
+            }
+            steps.extend([
+                Step::FreezePruning,
+                Step::ChooseRestorePoints,
+                Step::Recover,
+                Step::RotateCredentials,
+            ]);
+            steps
+        }
         (IncidentMode::Real, IncidentState::Closed) => {
             vec![Step::LiftLockdown, Step::UnfreezePruning]
         }
@@ -223,7 +234,9 @@ pub fn phase(spec: &IncidentSpec, status: &IncidentStatus) -> IncidentPhase {
     }
     match steps.iter().find(|s| state(**s) != Some(StepState::Done)) {
         None => IncidentPhase::Recovered,
-        Some(Step::Lockdown | Step::FreezePruning) => IncidentPhase::LockingDown,
+        Some(Step::Lockdown | Step::InvalidateServiceAccountTokens | Step::FreezePruning) => {
+            IncidentPhase::LockingDown
+        }
         Some(Step::ChooseRestorePoints) if spec.mode == IncidentMode::Real => {
             IncidentPhase::LockingDown
         }
