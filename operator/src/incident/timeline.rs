@@ -315,6 +315,36 @@ mod tests {
     }
 
     #[test]
+    fn tokens_are_invalidated_right_after_the_lockdown_and_only_when_asked() {
+        let mut spec = spec("Real", "Open");
+        assert!(!sequence(&spec).contains(&Step::InvalidateServiceAccountTokens));
+        spec.invalidate_service_account_tokens = Some(crate::yaml::from_str("namespaces: [emergency]\n").unwrap());
+        assert_eq!(
+            &sequence(&spec)[..3],
+            [
+                Step::Lockdown,
+                Step::InvalidateServiceAccountTokens,
+                Step::FreezePruning
+            ]
+        );
+        let advance = advance::<()>(&spec, &IncidentStatus::default(), at(0), |step, _| {
+            match step {
+                Step::Lockdown => Outcome::Done("done".into()),
+                _ => Outcome::Waiting("reading ServiceAccounts".into()),
+            }
+        });
+        assert_eq!(advance.status.phase, Some(IncidentPhase::LockingDown));
+        // A drill never touches real accounts, whatever its spec says.
+        let mut drill = spec.clone();
+        drill.mode = IncidentMode::Drill;
+        assert!(!sequence(&drill).contains(&Step::InvalidateServiceAccountTokens));
+        // Neither does closing.
+        let mut closed = spec;
+        closed.state = IncidentState::Closed;
+        assert!(!sequence(&closed).contains(&Step::InvalidateServiceAccountTokens));
+    }
+
+    #[test]
     fn finished_steps_are_never_checked_again() {
         let spec = spec("Real", "Open");
         let done = advance::<()>(&spec, &IncidentStatus::default(), at(0), |_, _| {
