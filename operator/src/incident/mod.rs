@@ -39,8 +39,7 @@ use k8s_openapi::{
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{
-        DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams, PostParams,
-        Preconditions,
+        DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions,
     },
     runtime::{
         controller::Action,
@@ -66,8 +65,7 @@ use crate::{
         backup_schedule::BackupSchedule,
         incident::{
             ChosenRestorePoint, Incident, IncidentMode, IncidentPhase, IncidentState,
-            IncidentStatus, ReissuedServiceAccount, RestorePointRule, StepState,
-            TokenInvalidation,
+            IncidentStatus, ReissuedServiceAccount, RestorePointRule, StepState, TokenInvalidation,
         },
         recovery_plan::{RecoveryPlan, ServiceAction},
     },
@@ -762,7 +760,10 @@ async fn reissue(ctx: &Context, reissue: Reissue) -> Result<ReissuedServiceAccou
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     for secret in &record.legacy_token_secrets {
         ignore_missing(secrets.delete(secret, &DeleteParams::default()).await).map_err(
-            kube_error("delete", format!("legacy token Secret {namespace}/{secret}")),
+            kube_error(
+                "delete",
+                format!("legacy token Secret {namespace}/{secret}"),
+            ),
         )?;
     }
     let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &namespace);

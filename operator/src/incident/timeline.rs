@@ -318,7 +318,8 @@ mod tests {
     fn tokens_are_invalidated_right_after_the_lockdown_and_only_when_asked() {
         let mut spec = spec("Real", "Open");
         assert!(!sequence(&spec).contains(&Step::InvalidateServiceAccountTokens));
-        spec.invalidate_service_account_tokens = Some(crate::yaml::from_str("namespaces: [emergency]\n").unwrap());
+        spec.invalidate_service_account_tokens =
+            Some(crate::yaml::from_str("namespaces: [emergency]\n").unwrap());
         assert_eq!(
             &sequence(&spec)[..3],
             [
@@ -327,12 +328,15 @@ mod tests {
                 Step::FreezePruning
             ]
         );
-        let advance = advance::<()>(&spec, &IncidentStatus::default(), at(0), |step, _| {
-            match step {
+        let advance = advance::<()>(
+            &spec,
+            &IncidentStatus::default(),
+            at(0),
+            |step, _| match step {
                 Step::Lockdown => Outcome::Done("done".into()),
                 _ => Outcome::Waiting("reading ServiceAccounts".into()),
-            }
-        });
+            },
+        );
         assert_eq!(advance.status.phase, Some(IncidentPhase::LockingDown));
         // A drill never touches real accounts, whatever its spec says.
         let mut drill = spec.clone();

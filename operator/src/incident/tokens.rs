@@ -395,7 +395,9 @@ mod tests {
                         world
                             .legacy_tokens
                             .retain(|t| !record.legacy_token_secrets.contains(&t.name));
-                        world.service_accounts.retain(|a| a.name_any() != record.name);
+                        world
+                            .service_accounts
+                            .retain(|a| a.name_any() != record.name);
                         let mut created = service_account(&record);
                         next_uid += 1;
                         created.metadata.uid = Some(format!("u{next_uid}"));
@@ -419,11 +421,18 @@ mod tests {
         else {
             panic!("the first action must be a record");
         };
-        assert_eq!(message, "recording 1 ServiceAccounts before re-creating them");
+        assert_eq!(
+            message,
+            "recording 1 ServiceAccounts before re-creating them"
+        );
         assert_eq!(records.len(), 1);
         let record = &records[0];
         assert_eq!(
-            (record.name.as_str(), record.replaced_uid.as_str(), record.uid.as_ref()),
+            (
+                record.name.as_str(),
+                record.replaced_uid.as_str(),
+                record.uid.as_ref()
+            ),
             ("backdoor", "u1", None)
         );
         assert_eq!(record.legacy_token_secrets, ["backdoor-token"]);
@@ -473,8 +482,7 @@ mod tests {
     fn a_stop_between_delete_and_create_converges_from_the_record() {
         let wanted = wanted(&[]);
         let mut world = seen(vec![account("backdoor", "u1")]);
-        let Outcome::Act(Act::RecordServiceAccounts(records), _) =
-            invalidate(&wanted, &[], &world)
+        let Outcome::Act(Act::RecordServiceAccounts(records), _) = invalidate(&wanted, &[], &world)
         else {
             panic!("a record first");
         };
@@ -502,8 +510,7 @@ mod tests {
         let wanted = wanted(&[]);
         let mut world = seen(vec![account("default", "u1")]);
         world.legacy_tokens.clear();
-        let Outcome::Act(Act::RecordServiceAccounts(records), _) =
-            invalidate(&wanted, &[], &world)
+        let Outcome::Act(Act::RecordServiceAccounts(records), _) = invalidate(&wanted, &[], &world)
         else {
             panic!("a record first");
         };
@@ -512,7 +519,10 @@ mod tests {
         let Outcome::Act(Act::Reissue(reissue), _) = invalidate(&wanted, &records, &world) else {
             panic!("its fields are given back");
         };
-        assert!(!reissue[0].delete, "its uid is new already: its tokens are void");
+        assert!(
+            !reissue[0].delete,
+            "its uid is new already: its tokens are void"
+        );
     }
 
     #[test]
