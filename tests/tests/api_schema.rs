@@ -837,7 +837,46 @@ fn invalid_cases() -> Vec<Case> {
             vec![("/spec/recoveryPlans", Value::Null)],
             &[
                 "spec",
-                "an incident must name at least one of accessPolicies or recoveryPlans",
+                "an incident must name at least one of accessPolicies, recoveryPlans or invalidateServiceAccountTokens",
+            ],
+        ),
+        case(
+            "a ServiceAccount kept outside the namespaces whose tokens are invalidated",
+            "Incident",
+            vec![(
+                "/spec/invalidateServiceAccountTokens",
+                json!({"namespaces": ["emergency"], "keep": [{"namespace": "records", "name": "dispatch"}]}),
+            )],
+            &[
+                "spec.invalidateServiceAccountTokens.keep",
+                "every ServiceAccount in keep must be in one of namespaces",
+            ],
+        ),
+        case(
+            "a drill that would invalidate real tokens",
+            "Incident",
+            vec![
+                ("/spec/mode", json!("Drill")),
+                (
+                    "/spec/invalidateServiceAccountTokens",
+                    json!({"namespaces": ["emergency"]}),
+                ),
+            ],
+            &[
+                "spec.invalidateServiceAccountTokens",
+                "invalidateServiceAccountTokens is for a Real incident",
+            ],
+        ),
+        case(
+            "token invalidation naming no namespace",
+            "Incident",
+            vec![(
+                "/spec/invalidateServiceAccountTokens",
+                json!({"namespaces": []}),
+            )],
+            &[
+                "spec.invalidateServiceAccountTokens.namespaces",
+                "should have at least 1 items",
             ],
         ),
         case(

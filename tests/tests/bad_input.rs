@@ -735,7 +735,7 @@ fn catalogue(n: &Names) -> Vec<Case> {
             json!({"compromisedSince": "2021-07-31T23:00:00Z"}),
         ),
         rejected(format!(
-            "Incident.resurgo.dev \"{name}\" is invalid: spec: Invalid value: an incident must name at least one of accessPolicies or recoveryPlans"
+            "Incident.resurgo.dev \"{name}\" is invalid: spec: Invalid value: an incident must name at least one of accessPolicies, recoveryPlans or invalidateServiceAccountTokens"
         )),
         Proof::NotStored,
     );

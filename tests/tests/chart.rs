@@ -327,6 +327,77 @@ fn data_dump_namespaces_alone_let_the_operator_delete_secrets_and_jobs() {
 
 #[test]
 #[ignore = "needs helm: run tests/run.sh"]
+fn token_invalidation_namespaces_alone_let_the_operator_delete_service_accounts() {
+    let named = |documents: &[Value], kind: &str, namespace: &str| {
+        find(documents, kind)
+            .into_iter()
+            .find(|r| {
+                r["metadata"]["name"] == "rel-resurgo-token-invalidation"
+                    && r["metadata"]["namespace"] == namespace
+            })
+            .cloned()
+    };
+    // By default, no namespace: the operator may delete no ServiceAccount anywhere.
+    let default = render(&[]);
+    assert!(named(&default, "Role", "emergency").is_none());
+    for role in find(&default, "ClusterRole")
+        .into_iter()
+        .chain(find(&default, "Role"))
+    {
+        for rule in role["rules"].as_array().unwrap() {
+            let resources = rule["resources"].as_array().unwrap();
+            let deletes = rule["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v == "delete");
+            assert!(
+                !(deletes && resources.iter().any(|r| r == "serviceaccounts")),
+                "{rule}"
+            );
+        }
+    }
+    let documents = render(&[
+        "--set",
+        "incident.tokenInvalidationNamespaces={emergency,records}",
+    ]);
+    for namespace in ["emergency", "records"] {
+        let role = named(&documents, "Role", namespace)
+            .unwrap_or_else(|| panic!("no token-invalidation Role in {namespace}"));
+        assert_eq!(
+            role["rules"],
+            json!([
+                {"apiGroups": [""], "resources": ["serviceaccounts"],
+                 "verbs": ["list", "create", "patch", "delete"]},
+                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "delete"]}
+            ])
+        );
+        let binding = named(&documents, "RoleBinding", namespace).expect("its RoleBinding");
+        assert_eq!(binding["roleRef"]["name"], "rel-resurgo-token-invalidation");
+        assert_eq!(binding["subjects"][0]["namespace"], "ops");
+    }
+    // Never the operator's own namespace: its own ServiceAccount is never re-created.
+    let chart = chart();
+    let own = helm(&[
+        "template",
+        "rel",
+        &chart,
+        "--namespace",
+        "ops",
+        "--set",
+        "incident.tokenInvalidationNamespaces={emergency,ops}",
+    ]);
+    assert!(!own.status.success());
+    assert!(
+        String::from_utf8_lossy(&own.stderr)
+            .contains("incident.tokenInvalidationNamespaces: ops is the release namespace"),
+        "{}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+}
+
+#[test]
+#[ignore = "needs helm: run tests/run.sh"]
 fn values_the_operator_cannot_honour_fail_the_install() {
     let chart = chart();
     let namespaces = helm(&[

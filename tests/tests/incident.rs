@@ -1,22 +1,27 @@
 //! Incidents on the real control plane, with the operator that tests/run.sh runs: a drill
 //! rebuilds isolated copies and leaves nothing behind, a real incident starts a plan that
-//! waits for it, and rotates every credential that is not, unchanged, the operator's own
-//! write since the compromise.
+//! waits for it, rotates every credential that is not, unchanged, the operator's own write
+//! since the compromise, and voids every token of the ServiceAccounts of the namespaces it
+//! names but those it keeps.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{ConfigMap, Namespace, Secret},
+        authorization::v1::{
+            ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+        },
+        core::v1::{ConfigMap, LocalObjectReference, Namespace, Secret, ServiceAccount},
     },
     apimachinery::pkg::apis::meta::v1::Condition,
     jiff::{self, SignedDuration, Timestamp, Unit},
 };
 use kube::{
-    Api, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
+    Api, Client, Config, ResourceExt,
+    api::{ListParams, Patch, PatchParams, PostParams},
+    config::AuthInfo,
     runtime::{WatchStreamExt, wait::await_condition, watcher},
 };
 use resurgo::api::{
@@ -25,7 +30,8 @@ use resurgo::api::{
     recovery_plan::{PlanPhase, RecoveryPlan},
 };
 use resurgo_tests::{
-    apply, client, deployment, install_crds, job_spec, kubectl, kubectl_ok, unique_name,
+    access::eventually, apply, client, deployment, install_crds, job_spec, kubectl, kubectl_ok,
+    unique_name,
 };
 use serde_json::{Value, json};
 
@@ -654,4 +660,227 @@ async fn a_closed_incident_says_which_stalled_policy_keeps_its_lockdown() {
 
     kubectl_ok(&["delete", "incident", &name, "--wait=false"], None).unwrap();
     kubectl_ok(&["delete", "accesspolicy", &name, "--wait=false"], None).unwrap();
+}
+
+/// A client that authenticates with `token` alone.
+async fn client_with_token(token: &str) -> Client {
+    let mut config = Config::infer().await.unwrap();
+    config.auth_info = AuthInfo {
+        token: Some(token.to_owned().into()),
+        ..Default::default()
+    };
+    Client::try_from(config).unwrap()
+}
+
+/// What the API server answers `token` when asked whether it may create Deployments in
+/// `namespace`: whether it may, or the HTTP code it refused the token with.
+async fn token_may_create_deployments(token: &str, namespace: &str) -> Result<bool, u16> {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                group: Some("apps".into()),
+                resource: Some("deployments".into()),
+                verb: Some("create".into()),
+                namespace: Some(namespace.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match Api::<SelfSubjectAccessReview>::all(client_with_token(token).await)
+        .create(&PostParams::default(), &review)
+        .await
+    {
+        Ok(answer) => Ok(answer.status.is_some_and(|s| s.allowed)),
+        Err(kube::Error::Api(status)) => Err(status.code),
+        Err(other) => panic!("asking with a token: {other}"),
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn an_incident_voids_every_token_of_a_namespace_admins_service_account_but_the_kept_ones() {
+    install_crds().await;
+    let client = client().await;
+    let namespace = unique_name("tokens");
+    let ns = namespace.as_str();
+    kubectl_ok(&["create", "namespace", ns], None).unwrap();
+    // A namespace admin made `backdoor` and bound it to admin; `dispatch` is the
+    // life-critical workload's, allow-listed.
+    for account in ["backdoor", "dispatch"] {
+        kubectl_ok(&["-n", ns, "create", "serviceaccount", account], None).unwrap();
+        kubectl_ok(
+            &[
+                "-n",
+                ns,
+                "create",
+                "rolebinding",
+                &format!("{account}-admin"),
+                "--clusterrole=admin",
+                &format!("--serviceaccount={ns}:{account}"),
+            ],
+            None,
+        )
+        .unwrap();
+    }
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let mut backdoor_account = accounts.get("backdoor").await.unwrap();
+    backdoor_account.metadata.labels = Some([("team".to_owned(), "ops".to_owned())].into());
+    backdoor_account.image_pull_secrets = Some(vec![LocalObjectReference {
+        name: "registry".into(),
+    }]);
+    backdoor_account.automount_service_account_token = Some(false);
+    let backdoor_account = accounts
+        .replace("backdoor", &PostParams::default(), &backdoor_account)
+        .await
+        .unwrap();
+    let old_uid = backdoor_account.uid().unwrap();
+    // A token taken out of the cluster, and a legacy token Secret the controller fills.
+    let token = |account: &str| {
+        kubectl_ok(&["-n", ns, "create", "token", account], None)
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let backdoor = token("backdoor");
+    let dispatch = token("dispatch");
+    apply(
+        &json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+            "metadata": {"name": "backdoor-legacy", "namespace": ns,
+                         "annotations": {"kubernetes.io/service-account.name": "backdoor"}}
+        })
+        .to_string(),
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let legacy = Arc::new(std::sync::Mutex::new(String::new()));
+    eventually(
+        "the legacy token Secret is filled",
+        Duration::from_secs(30),
+        || {
+            let secrets = secrets.clone();
+            let legacy = legacy.clone();
+            async move {
+                let secret = secrets.get("backdoor-legacy").await.unwrap();
+                match secret.data.and_then(|d| d.get("token").cloned()) {
+                    Some(token) => {
+                        *legacy.lock().unwrap() = String::from_utf8(token.0).unwrap();
+                        true
+                    }
+                    None => false,
+                }
+            }
+        },
+    )
+    .await;
+    let legacy = legacy.lock().unwrap().clone();
+    for (name, token) in [
+        ("backdoor", &backdoor),
+        ("legacy", &legacy),
+        ("dispatch", &dispatch),
+    ] {
+        assert_eq!(
+            token_may_create_deployments(token, ns).await,
+            Ok(true),
+            "the {name} token works before the incident"
+        );
+    }
+
+    let name = unique_name("stolen-tokens");
+    let incident = json!({
+        "apiVersion": "resurgo.dev/v1alpha1", "kind": "Incident",
+        "metadata": {"name": name},
+        "spec": {
+            "compromisedSince": "2021-07-31T00:00:00Z",
+            "invalidateServiceAccountTokens": {
+                "namespaces": [ns],
+                "keep": [{"namespace": ns, "name": "dispatch"}]
+            }
+        }
+    });
+    apply(&incident.to_string());
+    let step = "InvalidateServiceAccountTokens";
+    let done = until_incident(&name, "invalidated the tokens", |i| {
+        steps(i)
+            .iter()
+            .any(|(s, state)| s == step && *state != StepState::Running)
+    })
+    .await;
+    let status = done.status.clone().unwrap();
+    let entry = status.timeline.iter().find(|e| e.step == step).unwrap();
+    assert_eq!(entry.state, StepState::Done, "{status:#?}");
+    assert_eq!(
+        status.timeline[0].step, "Lockdown",
+        "the tokens go after the lockdown"
+    );
+    let message = entry.message.clone().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "2 ServiceAccounts re-created with new uids in {ns} (every token of their old uids is refused); 1 legacy token Secrets deleted; kept, tokens still valid: {ns}/dispatch"
+        )),
+        "{message}"
+    );
+
+    // Every token of the old backdoor is refused, on any request.
+    for (what, token) in [("backdoor", &backdoor), ("legacy", &legacy)] {
+        eventually(
+            &format!("the {what} token is refused"),
+            Duration::from_secs(10),
+            || async { token_may_create_deployments(token, ns).await == Err(401) },
+        )
+        .await;
+    }
+    assert!(secrets.get_opt("backdoor-legacy").await.unwrap().is_none());
+    // The kept account's token still works.
+    assert_eq!(token_may_create_deployments(&dispatch, ns).await, Ok(true));
+    // `backdoor` exists again, with a new uid the incident recorded, and its fields.
+    let again = accounts.get("backdoor").await.unwrap();
+    let new_uid = again.uid().unwrap();
+    assert_ne!(new_uid, old_uid);
+    assert_eq!(again.labels().get("team").map(String::as_str), Some("ops"));
+    assert_eq!(
+        again.image_pull_secrets,
+        Some(vec![LocalObjectReference {
+            name: "registry".into()
+        }])
+    );
+    assert_eq!(again.automount_service_account_token, Some(false));
+    let record = status
+        .reissued_service_accounts
+        .iter()
+        .find(|r| r.name == "backdoor")
+        .expect("a record of backdoor");
+    assert_eq!(
+        (record.replaced_uid.as_str(), record.uid.as_deref()),
+        (old_uid.as_str(), Some(new_uid.as_str()))
+    );
+    assert_eq!(record.legacy_token_secrets, ["backdoor-legacy"]);
+    assert!(
+        !status
+            .reissued_service_accounts
+            .iter()
+            .any(|r| r.name == "dispatch"),
+        "the kept account was recorded"
+    );
+    // A new token for the new account works: workloads go on with tokens the kubelet asks for.
+    assert_eq!(
+        token_may_create_deployments(&token("backdoor"), ns).await,
+        Ok(true)
+    );
+    // No token anywhere in the incident: status, or Events.
+    let printed = serde_json::to_string(&done).unwrap() + &events(&name, "ServiceAccountReissued");
+    for token in [&backdoor, &legacy, &dispatch] {
+        assert!(!printed.contains(token.as_str()));
+    }
+    assert!(events(&name, "ServiceAccountReissued").contains(&format!(
+        "ServiceAccount {ns}/backdoor created again with a new uid"
+    )),);
+
+    let mut closed = incident.clone();
+    closed["spec"]["state"] = json!("Closed");
+    apply(&closed.to_string());
+    until_incident(&name, "closed", |i| phase(i) == Some(IncidentPhase::Closed)).await;
+    let _ = kubectl(&["delete", "incident", &name, "--wait=false"], None);
+    let _ = kubectl(&["delete", "namespace", ns, "--wait=false"], None);
 }

@@ -1,13 +1,16 @@
 //! Incident: the one switch that starts a recovery, or a drill of it.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::WrittenSecret;
+use super::common::{DNS_LABEL, NamespacedRef, WrittenSecret};
 
-/// An incident. Applying one locks access down, freezes backup pruning, chooses a clean
+/// An incident. Applying one locks access down, invalidates the tokens of the
+/// ServiceAccounts of the namespaces it names, freezes backup pruning, chooses a clean
 /// restore point for every service, runs the recovery plans in tier order and regenerates
 /// credentials, recording each step in `status.timeline`. Setting `state: Closed` lifts
 /// the lockdown and the pruning freeze. In `Drill` mode the plans are rebuilt into
@@ -41,8 +44,11 @@ use super::common::WrittenSecret;
         .message("an Incident name has at most 63 characters: it labels the copies its drills make")
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.accessPolicies) || has(self.recoveryPlans)")
-    .message("an incident must name at least one of accessPolicies or recoveryPlans"))]
+#[x_kube(validation = Rule::new("has(self.accessPolicies) || has(self.recoveryPlans) || has(self.invalidateServiceAccountTokens)")
+    .message("an incident must name at least one of accessPolicies, recoveryPlans or invalidateServiceAccountTokens"))]
+#[x_kube(validation = Rule::new("!has(self.invalidateServiceAccountTokens) || self.mode == 'Real'")
+    .message("invalidateServiceAccountTokens is for a Real incident: a Drill never touches real ServiceAccounts")
+    .field_path(".invalidateServiceAccountTokens"))]
 #[x_kube(validation = Rule::new("!(oldSelf.state == 'Closed' && self.state == 'Open')")
     .message("a closed incident cannot be reopened: create a new Incident")
     .field_path(".state"))]
@@ -84,6 +90,12 @@ pub struct IncidentSpec {
     /// Settings of a drill.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<Drill>,
+
+    /// Invalidate every token of the ServiceAccounts of these namespaces (step
+    /// InvalidateServiceAccountTokens, right after Lockdown; Real incidents only). Read when
+    /// the step runs; a change after it finished does nothing: create a new Incident.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalidate_service_account_tokens: Option<TokenInvalidation>,
 }
 
 fn yes() -> bool {
@@ -153,6 +165,37 @@ fn drill_prefix() -> String {
     "drill-".to_owned()
 }
 
+/// Which ServiceAccounts lose their tokens. Each one of the namespaces, except those kept
+/// and the operator's own, is deleted and created again with the same secrets,
+/// imagePullSecrets, automountServiceAccountToken, labels and annotations: it gets a new
+/// uid, and every token bound to the old uid is refused from then on (those from
+/// `kubectl create token` and the ones pods mount). Its legacy token Secrets (type
+/// `kubernetes.io/service-account-token`) are deleted. Bindings to it are not changed: they
+/// name it, and hold for the new one. Pods running as it are not restarted: their mounted
+/// token is refused until the kubelet requests a new one (at 80% of its life, about 48
+/// minutes with the default hour) or the pod restarts. The operator may do this only in the
+/// namespaces of the chart's `incident.tokenInvalidationNamespaces`; a namespace outside it
+/// fails the step before anything is deleted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.keep) || self.keep.all(k, k.namespace in self.namespaces)")
+    .message("every ServiceAccount in keep must be in one of namespaces")
+    .field_path(".keep"))]
+pub struct TokenInvalidation {
+    /// The namespaces whose ServiceAccounts lose their tokens. One that does not exist has
+    /// none, and the step says so.
+    #[schemars(length(min = 1, max = 32), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(inner(length(min = 1, max = 63), regex(pattern = DNS_LABEL)))]
+    pub namespaces: Vec<String>,
+    /// ServiceAccounts left as they are, tokens and all: those of life-critical workloads
+    /// that must keep talking to the API server without a pause. Their tokens stay valid,
+    /// including any an attacker took.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["namespace".into(), "name".into()]))]
+    pub keep: Vec<NamespacedRef>,
+}
+
 /// What the incident has done so far.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -180,6 +223,52 @@ pub struct IncidentStatus {
     /// resourceVersion, never values), one entry per Secret.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rotated_secrets: Vec<WrittenSecret>,
+    /// The ServiceAccounts the InvalidateServiceAccountTokens step re-creates, each
+    /// recorded before it is deleted, with what it is created again with; `uid` once it is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reissued_service_accounts: Vec<ReissuedServiceAccount>,
+}
+
+/// One ServiceAccount re-created so that its tokens stop working. The operator's own record:
+/// a ServiceAccount counts as done only while its uid is `uid`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReissuedServiceAccount {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The uid it had: every token bound to it is refused once it is gone.
+    pub replaced_uid: String,
+    /// The uid it was created again with; absent until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Its legacy token Secrets, deleted (names only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub legacy_token_secrets: Vec<String>,
+    /// What it is created again with.
+    pub saved: SavedServiceAccount,
+}
+
+/// The fields of a ServiceAccount that its re-creation keeps. Never a token.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SavedServiceAccount {
+    /// Its labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Its annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// The names in its `secrets`, without its legacy token Secrets (they are deleted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// The names in its `imagePullSecrets`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<String>,
+    /// Its `automountServiceAccountToken`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Option<bool>,
 }
 
 /// Phase of an incident.
@@ -197,8 +286,8 @@ pub enum IncidentPhase {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TimelineEntry {
-    /// The step: Lockdown, FreezePruning, ChooseRestorePoints, Recover, RotateCredentials,
-    /// LiftLockdown, UnfreezePruning, CleanUp.
+    /// The step: Lockdown, InvalidateServiceAccountTokens, FreezePruning,
+    /// ChooseRestorePoints, Recover, RotateCredentials, LiftLockdown, UnfreezePruning, CleanUp.
     pub step: String,
     /// Running, Done or Failed.
     pub state: StepState,

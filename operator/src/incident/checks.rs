@@ -10,12 +10,13 @@ use kube::ResourceExt;
 use super::{
     drill,
     timeline::{Outcome, Step},
+    tokens::{self, Reissue},
 };
 use crate::api::{
     access_policy::{AccessMode, AccessPolicy},
     backup_schedule::BackupSchedule,
     common::Duration,
-    incident::{ChosenRestorePoint, Incident, IncidentStatus, TierResult},
+    incident::{ChosenRestorePoint, Incident, IncidentStatus, ReissuedServiceAccount, TierResult},
     recovery_plan::{PlanPhase, RecoveryPlan, RegeneratedSecret, RtoResult},
 };
 
@@ -39,6 +40,9 @@ pub struct Observed {
     /// Credentials the plans regenerate that are older than the compromise (or missing),
     /// when the step rotating them is due.
     pub stale_secrets: Option<Vec<SecretToRotate>>,
+    /// The ServiceAccounts of the namespaces the incident names, when the step
+    /// invalidating their tokens is due.
+    pub tokens: Option<tokens::Seen>,
 }
 
 /// A credential to rotate.
@@ -64,6 +68,10 @@ pub enum Act {
     },
     /// Give these credentials fresh values.
     Rotate(Vec<SecretToRotate>),
+    /// Record these ServiceAccounts in the status before anything is deleted.
+    RecordServiceAccounts(Vec<ReissuedServiceAccount>),
+    /// Delete and create again these ServiceAccounts, and delete their legacy tokens.
+    Reissue(Vec<Reissue>),
 }
 
 impl PartialEq for Act {
@@ -86,6 +94,8 @@ impl PartialEq for Act {
                 },
             ) => plans == other_plans && namespaces == other_namespaces,
             (Act::Rotate(a), Act::Rotate(b)) => a == b,
+            (Act::RecordServiceAccounts(a), Act::RecordServiceAccounts(b)) => a == b,
+            (Act::Reissue(a), Act::Reissue(b)) => a == b,
             _ => false,
         }
     }
@@ -100,6 +110,18 @@ pub fn check(
 ) -> Outcome<Act> {
     match step {
         Step::Lockdown => lockdown(incident, observed),
+        Step::InvalidateServiceAccountTokens => {
+            match (
+                &incident.spec.invalidate_service_account_tokens,
+                &observed.tokens,
+            ) {
+                (None, _) => Outcome::Done("no namespaces named".into()),
+                (Some(_), None) => Outcome::Waiting("reading ServiceAccounts".into()),
+                (Some(wanted), Some(seen)) => {
+                    tokens::invalidate(wanted, &status.reissued_service_accounts, seen)
+                }
+            }
+        }
         Step::FreezePruning => freeze_pruning(observed),
         Step::ChooseRestorePoints => choose_restore_points(incident, observed),
         Step::Recover if incident.spec.mode == crate::api::incident::IncidentMode::Drill => {

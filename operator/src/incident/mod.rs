@@ -4,7 +4,8 @@
 //! A Real incident, in order: **Lockdown** (the named AccessPolicies report Lockdown; the
 //! access controller treats a policy named by an open Real incident as locked down),
 //! **FreezePruning** (every BackupSchedule reports pruning frozen while a Real incident is
-//! open), **ChooseRestorePoints** (per service restoring from a backup: the newest clean one
+//! open), **InvalidateServiceAccountTokens** (when `invalidateServiceAccountTokens` names
+//! namespaces: their ServiceAccounts are re-created, see [`tokens`]), **ChooseRestorePoints** (per service restoring from a backup: the newest clean one
 //! before `compromisedSince`, or the one named), **Recover** (plans with `trigger: Incident`
 //! start now; the step ends when every named plan is recovered) and **RotateCredentials**
 //! (every credential the plans regenerate must be newer than the compromise; older ones get
@@ -19,18 +20,27 @@
 pub mod checks;
 pub mod drill;
 pub mod timeline;
+pub mod tokens;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration as StdDuration};
 
 use futures::StreamExt;
 use k8s_openapi::{
-    api::core::v1::{Namespace, Secret},
+    api::{
+        authentication::v1::SelfSubjectReview,
+        authorization::v1::{
+            ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+        },
+        core::v1::{Namespace, Secret, ServiceAccount},
+    },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams},
+    api::{
+        DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions,
+    },
     runtime::{
         controller::Action,
         events::{Event, EventType},
@@ -39,22 +49,23 @@ use kube::{
     },
 };
 use serde_json::json;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OnceCell};
 use tracing::warn;
 
 use self::{
     checks::{Act, Observed, SecretToRotate},
     timeline::Step,
+    tokens::Reissue,
 };
 use crate::{
-    api::common::WrittenSecret,
+    api::common::{NamespacedRef, WrittenSecret},
     api::{
         access_policy::AccessPolicy,
         backup::Backup,
         backup_schedule::BackupSchedule,
         incident::{
             ChosenRestorePoint, Incident, IncidentMode, IncidentPhase, IncidentState,
-            IncidentStatus, RestorePointRule, StepState,
+            IncidentStatus, ReissuedServiceAccount, RestorePointRule, StepState, TokenInvalidation,
         },
         recovery_plan::{RecoveryPlan, ServiceAction},
     },
@@ -108,6 +119,25 @@ pub struct Context {
     /// The last status written per incident, with its uid: the watch cache can lag behind
     /// it, and a step must not start twice.
     written: Mutex<BTreeMap<String, (Option<String>, IncidentStatus)>>,
+    /// The operator's own ServiceAccount (None when it runs as another kind of user),
+    /// asked of the API server once: its tokens are never invalidated.
+    operator: OnceCell<Option<NamespacedRef>>,
+}
+
+/// What an action wrote that the incident's status must record, even when a later write
+/// of the same action failed.
+#[derive(Default)]
+struct Records {
+    /// Credentials given fresh values.
+    secrets: Vec<WrittenSecret>,
+    /// ServiceAccounts recorded before their re-creation, or re-created.
+    service_accounts: Vec<ReissuedServiceAccount>,
+}
+
+impl Records {
+    fn is_empty(&self) -> bool {
+        self.secrets.is_empty() && self.service_accounts.is_empty()
+    }
 }
 
 /// Whether `incident` lets a plan with `trigger: Incident` start: a Real incident naming the
@@ -136,6 +166,7 @@ pub async fn run(shared: Shared) {
         recorder: crate::events::Recorder::new(client.clone(), reporter),
         metrics: shared.metrics.clone(),
         written: Mutex::default(),
+        operator: OnceCell::new(),
     });
     let controller = shared.controller(Api::<Incident>::all(client.clone()));
     let incidents = controller.store();
@@ -288,13 +319,17 @@ async fn reconcile(incident: Arc<Incident>, ctx: Arc<Context>) -> Result<Action,
         let Some(action) = advance.action else {
             break;
         };
-        let mut written = Vec::new();
+        let mut written = Records::default();
         let acted = act(&ctx, &incident, action, &mut written).await;
-        // Recorded even when a later write failed: what was rotated is not rotated again.
+        // Recorded even when a later write failed: what was rotated is not rotated again,
+        // and an account deleted is created again from its record.
         if !written.is_empty() {
             let mut next = status.clone();
-            for record in written {
+            for record in written.secrets {
                 credentials::remember(&mut next.rotated_secrets, record);
+            }
+            for record in written.service_accounts {
+                tokens::remember(&mut next.reissued_service_accounts, record);
             }
             write_status(&ctx, &incident, &next).await?;
             status = next;
@@ -462,10 +497,20 @@ async fn observe(
         observed.restore_points =
             Some(choose_restore_points(ctx, incident, &observed.plans).await?);
     }
-    let recovered = status
-        .timeline
-        .iter()
-        .any(|e| e.step == Step::Recover.name() && e.state == StepState::Done);
+    let done = |step: Step| {
+        status
+            .timeline
+            .iter()
+            .any(|e| e.step == step.name() && e.state == StepState::Done)
+    };
+    if let Some(wanted) = &incident.spec.invalidate_service_account_tokens
+        && is_open_real(incident)
+        && done(Step::Lockdown)
+        && due(Step::InvalidateServiceAccountTokens)
+    {
+        observed.tokens = Some(read_service_accounts(ctx, wanted).await?);
+    }
+    let recovered = done(Step::Recover);
     if incident.spec.mode == IncidentMode::Real && recovered && due(Step::RotateCredentials) {
         observed.stale_secrets = Some(stale_secrets(ctx, incident, status, &observed.plans).await?);
     }
@@ -593,12 +638,179 @@ async fn stale_secrets(
     Ok(stale)
 }
 
-/// Does what a step asked for. The credentials it rotates are added to `written`.
+/// The operator's own user name, as the API server authenticates it, as a ServiceAccount.
+async fn whoami(client: &Client) -> Result<Option<NamespacedRef>, Error> {
+    let review = Api::<SelfSubjectReview>::all(client.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .map_err(kube_error("create", "SelfSubjectReview"))?;
+    Ok(review
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username)
+        .as_deref()
+        .and_then(tokens::service_account_of))
+}
+
+/// The first of the rights the token step needs in `namespace` that the API server does
+/// not give the operator, such as `delete serviceaccounts`.
+async fn missing_right(client: &Client, namespace: &str) -> Result<Option<String>, Error> {
+    for (verb, resource) in tokens::RIGHTS {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(namespace.into()),
+                    group: Some(String::new()),
+                    resource: Some(resource.into()),
+                    verb: Some(verb.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(kube_error(
+                "ask whether it may",
+                format!("{verb} {resource} in {namespace}"),
+            ))?;
+        if !answer.status.is_some_and(|s| s.allowed) {
+            return Ok(Some(format!("{verb} {resource}")));
+        }
+    }
+    Ok(None)
+}
+
+/// The ServiceAccounts and legacy token Secrets (metadata only: never a token) of the
+/// namespaces `wanted` names, once the operator may work in every one of them.
+async fn read_service_accounts(
+    ctx: &Context,
+    wanted: &TokenInvalidation,
+) -> Result<tokens::Seen, Error> {
+    let mut seen = tokens::Seen {
+        operator: ctx
+            .operator
+            .get_or_try_init(|| whoami(&ctx.client))
+            .await?
+            .clone(),
+        ..Default::default()
+    };
+    for namespace in &wanted.namespaces {
+        if let Some(right) = missing_right(&ctx.client, namespace).await? {
+            seen.refused.insert(namespace.clone(), right);
+        }
+    }
+    if !seen.refused.is_empty() {
+        return Ok(seen);
+    }
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    for namespace in &wanted.namespaces {
+        let Some(found) = namespaces
+            .get_opt(namespace)
+            .await
+            .map_err(kube_error("read", format!("Namespace {namespace}")))?
+        else {
+            continue;
+        };
+        seen.namespaces.insert(
+            namespace.clone(),
+            found.metadata.deletion_timestamp.is_some(),
+        );
+        let accounts = Api::<ServiceAccount>::namespaced(ctx.client.clone(), namespace)
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_error(
+                "list",
+                format!("ServiceAccounts in {namespace}"),
+            ))?;
+        seen.service_accounts.extend(accounts.items);
+        let legacy = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+            .list_metadata(
+                &ListParams::default().fields(&format!("type={}", tokens::LEGACY_TOKEN_TYPE)),
+            )
+            .await
+            .map_err(kube_error(
+                "list",
+                format!("legacy token Secrets in {namespace}"),
+            ))?;
+        seen.legacy_tokens
+            .extend(legacy.items.iter().filter_map(|secret| {
+                Some(tokens::LegacyToken {
+                    namespace: namespace.clone(),
+                    name: secret.name_any(),
+                    service_account: secret
+                        .annotations()
+                        .get(tokens::LEGACY_TOKEN_ACCOUNT)?
+                        .clone(),
+                })
+            }));
+    }
+    Ok(seen)
+}
+
+/// Deletes `reissue`'s legacy token Secrets and its account (only while it still has the
+/// replaced uid), and creates the account again from the record. Returns the record with
+/// the new uid, or without one when the old account is still there (being deleted).
+async fn reissue(ctx: &Context, reissue: Reissue) -> Result<ReissuedServiceAccount, Error> {
+    let Reissue { mut record, delete } = reissue;
+    let namespace = record.namespace.clone();
+    let object = format!("ServiceAccount {namespace}/{}", record.name);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    for secret in &record.legacy_token_secrets {
+        ignore_missing(secrets.delete(secret, &DeleteParams::default()).await).map_err(
+            kube_error(
+                "delete",
+                format!("legacy token Secret {namespace}/{secret}"),
+            ),
+        )?;
+    }
+    let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &namespace);
+    if delete {
+        // Only the account recorded: one created since under the name has a new uid
+        // already, and is given the saved fields below instead.
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(record.replaced_uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match accounts.delete(&record.name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
+            Err(source) => {
+                return Err(Error::Kube {
+                    action: "delete",
+                    object,
+                    source,
+                });
+            }
+        }
+    }
+    // Server-side apply creates it, or gives the saved fields to the one the ServiceAccount
+    // controller made first (it re-creates `default` at once).
+    let created = accounts
+        .patch(
+            &record.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&tokens::service_account(&record)),
+        )
+        .await
+        .map_err(kube_error("create again", object))?;
+    let uid = created.uid();
+    record.uid = uid.filter(|uid| *uid != record.replaced_uid);
+    Ok(record)
+}
+
+/// Does what a step asked for. What it writes that the status must record is added to
+/// `written`.
 async fn act(
     ctx: &Context,
     incident: &Incident,
     action: Act,
-    written: &mut Vec<WrittenSecret>,
+    written: &mut Records,
 ) -> Result<(), Error> {
     let apply = PatchParams::apply(FIELD_MANAGER).force();
     match action {
@@ -659,7 +871,7 @@ async fn act(
                         object: object.clone(),
                         reason,
                     })?;
-                written.push(record);
+                written.secrets.push(record);
                 publish(
                     ctx,
                     incident,
@@ -671,6 +883,28 @@ async fn act(
                     ),
                 )
                 .await;
+            }
+        }
+        Act::RecordServiceAccounts(records) => written.service_accounts.extend(records),
+        Act::Reissue(accounts) => {
+            for account in accounts {
+                let record = reissue(ctx, account).await?;
+                if record.uid.is_some() {
+                    publish(
+                        ctx,
+                        incident,
+                        EventType::Normal,
+                        "ServiceAccountReissued",
+                        format!(
+                            "ServiceAccount {}/{} created again with a new uid: every token of the old one is refused; {} legacy token Secrets deleted",
+                            record.namespace,
+                            record.name,
+                            record.legacy_token_secrets.len()
+                        ),
+                    )
+                    .await;
+                }
+                written.service_accounts.push(record);
             }
         }
     }

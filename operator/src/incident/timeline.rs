@@ -15,6 +15,8 @@ use crate::api::incident::{
 pub enum Step {
     /// Every named AccessPolicy reports Lockdown.
     Lockdown,
+    /// The ServiceAccounts of the named namespaces are re-created: their tokens are void.
+    InvalidateServiceAccountTokens,
     /// Every BackupSchedule reports pruning frozen.
     FreezePruning,
     /// A restore point is recorded for every service that restores from a backup.
@@ -36,6 +38,7 @@ impl Step {
     pub fn name(self) -> &'static str {
         match self {
             Step::Lockdown => "Lockdown",
+            Step::InvalidateServiceAccountTokens => "InvalidateServiceAccountTokens",
             Step::FreezePruning => "FreezePruning",
             Step::ChooseRestorePoints => "ChooseRestorePoints",
             Step::Recover => "Recover",
@@ -51,13 +54,21 @@ impl Step {
 pub fn sequence(spec: &IncidentSpec) -> Vec<Step> {
     let clean_up = spec.drill.as_ref().is_none_or(|d| d.clean_up);
     match (spec.mode, spec.state) {
-        (IncidentMode::Real, IncidentState::Open) => vec![
-            Step::Lockdown,
-            Step::FreezePruning,
-            Step::ChooseRestorePoints,
-            Step::Recover,
-            Step::RotateCredentials,
-        ],
+        (IncidentMode::Real, IncidentState::Open) => {
+            let mut steps = vec![Step::Lockdown];
+            // After the lockdown: those it suspended can no longer mint tokens for the
+            // re-created accounts.
+            if spec.invalidate_service_account_tokens.is_some() {
+                steps.push(Step::InvalidateServiceAccountTokens);
+            }
+            steps.extend([
+                Step::FreezePruning,
+                Step::ChooseRestorePoints,
+                Step::Recover,
+                Step::RotateCredentials,
+            ]);
+            steps
+        }
         (IncidentMode::Real, IncidentState::Closed) => {
             vec![Step::LiftLockdown, Step::UnfreezePruning]
         }
@@ -223,7 +234,9 @@ pub fn phase(spec: &IncidentSpec, status: &IncidentStatus) -> IncidentPhase {
     }
     match steps.iter().find(|s| state(**s) != Some(StepState::Done)) {
         None => IncidentPhase::Recovered,
-        Some(Step::Lockdown | Step::FreezePruning) => IncidentPhase::LockingDown,
+        Some(Step::Lockdown | Step::InvalidateServiceAccountTokens | Step::FreezePruning) => {
+            IncidentPhase::LockingDown
+        }
         Some(Step::ChooseRestorePoints) if spec.mode == IncidentMode::Real => {
             IncidentPhase::LockingDown
         }
@@ -299,6 +312,40 @@ mod tests {
                 "ChooseRestorePointsStarted"
             ]
         );
+    }
+
+    #[test]
+    fn tokens_are_invalidated_right_after_the_lockdown_and_only_when_asked() {
+        let mut spec = spec("Real", "Open");
+        assert!(!sequence(&spec).contains(&Step::InvalidateServiceAccountTokens));
+        spec.invalidate_service_account_tokens =
+            Some(crate::yaml::from_str("namespaces: [emergency]\n").unwrap());
+        assert_eq!(
+            &sequence(&spec)[..3],
+            [
+                Step::Lockdown,
+                Step::InvalidateServiceAccountTokens,
+                Step::FreezePruning
+            ]
+        );
+        let advance = advance::<()>(
+            &spec,
+            &IncidentStatus::default(),
+            at(0),
+            |step, _| match step {
+                Step::Lockdown => Outcome::Done("done".into()),
+                _ => Outcome::Waiting("reading ServiceAccounts".into()),
+            },
+        );
+        assert_eq!(advance.status.phase, Some(IncidentPhase::LockingDown));
+        // A drill never touches real accounts, whatever its spec says.
+        let mut drill = spec.clone();
+        drill.mode = IncidentMode::Drill;
+        assert!(!sequence(&drill).contains(&Step::InvalidateServiceAccountTokens));
+        // Neither does closing.
+        let mut closed = spec;
+        closed.state = IncidentState::Closed;
+        assert!(!sequence(&closed).contains(&Step::InvalidateServiceAccountTokens));
     }
 
     #[test]
