@@ -85,7 +85,7 @@ target/release/bench --operator "$operator" --lockdown --runs "$lockdown_runs" |
   echo "== summary of this run ($(date -u +%FT%TZ), $(nproc) cores, $(uname -r))"
   grep -E "^== (scenario|backup bench|chaos)|ordering overhead per tier boundary, p(50|99)|recovery time / critical path  |operator peak RSS|operator CPU since start|raw create rate|backup rate / raw|restore rate / raw|^chaos summary" "$report" || true
   # Of the lockdown bench, its title, the raw delete rate, the three targets and the check.
-  grep -E "^== lockdown bench|^figure .* median .* worst|^raw delete of all|^lockdown: (cluster-admin gone|all suspended)|^restore: all back|^restored byte-identical|^NOT RESTORED" "$report" || true
+  grep -E "^== lockdown bench|^figure .* median .* worst|^raw (delete|save \+ delete \+ Event) of all|^lockdown: (cluster-admin gone|all suspended)|^restore: all back|^restored byte-identical|^NOT RESTORED" "$report" || true
   # Of the tier boundary sample, only the figures pooled over its runs.
   grep -E "runs pooled" "$boundaries" | sed 's/^/tier boundary sample: /' || true
 } | tee -a "$report.summary"

@@ -6,7 +6,10 @@
 //! cluster-admin, 10 other ClusterRoleBindings, the rest RoleBindings spread over 20
 //! namespaces). Each run then:
 //! 1. with no operator running, deletes all N from a plain client with as many requests in
-//!    flight as the operator's lockdown makes (32), and creates them again: the raw rates;
+//!    flight as the operator's lockdown makes (32), and creates them again: the raw rates.
+//!    Then it makes the operator's own requests per binding, 32 bindings at a
+//!    time, itself: save (a ConfigMap in place of a SuspendedBinding) and delete, then save,
+//!    delete and an Event: what the operator's work costs the API server alone;
 //! 2. starts the operator, switches the policy to Lockdown and times, from the moment the
 //!    spec patch is sent, until the last ClusterRoleBinding to cluster-admin is deleted and
 //!    until all N are;
@@ -27,7 +30,14 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject};
+use k8s_openapi::{
+    api::{
+        core::v1::{ConfigMap, ObjectReference},
+        events::v1::Event as K8sEvent,
+        rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject},
+    },
+    apimachinery::pkg::apis::meta::v1::MicroTime,
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
@@ -55,6 +65,8 @@ const PARALLEL: usize = 32;
 /// On every binding the bench makes: its watches select on it.
 const LABEL: &str = "bench.resurgo.dev/lockdown";
 const POLICY: &str = "bench-lockdown";
+/// Where the raw chains keep their saves.
+const SAVES: &str = "bench-saves";
 const NAMESPACES: usize = 20;
 const CLUSTER_ADMIN: usize = 10;
 const OTHER_CLUSTER: usize = 10;
@@ -369,11 +381,114 @@ async fn delete(client: &Client, made: Made) -> Result<()> {
     Ok(())
 }
 
+/// The operator's requests for one binding, made the plain way: a save (a ConfigMap holding
+/// the binding, as large as a SuspendedBinding, in place of one: the operator is not running
+/// and must not find a ledger it did not write), the delete, and, `with_event`, an Event like
+/// the one the operator publishes per binding (events.k8s.io/v1, one POST).
+async fn raw_chain(client: &Client, made: Made, with_event: bool) -> Result<()> {
+    let binding = match &made {
+        Made::Namespaced(rb) => serde_json::to_string(rb)?,
+        Made::Cluster(crb) => serde_json::to_string(crb)?,
+    };
+    let name = format!("save-{:016x}", fnv(&made.key()));
+    let save = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([("binding".into(), binding)])),
+        ..Default::default()
+    };
+    Api::<ConfigMap>::namespaced(client.clone(), SAVES)
+        .create(&PostParams::default(), &save)
+        .await
+        .with_context(|| format!("create configmap {SAVES}/{name}"))?;
+    let key = made.key();
+    delete(client, made).await?;
+    if with_event {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let event = K8sEvent {
+            metadata: ObjectMeta {
+                name: Some(format!("{POLICY}.{:x}", now.as_nanosecond())),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            event_time: Some(MicroTime(now)),
+            action: Some("Access".into()),
+            reason: Some("BindingSuspended".into()),
+            note: Some(format!("{key} deleted; saved in {name}")),
+            type_: Some("Normal".into()),
+            reporting_controller: Some("bench".into()),
+            reporting_instance: Some("bench".into()),
+            // As the operator's: about the policy, related to the binding.
+            regarding: Some(ObjectReference {
+                api_version: Some("resurgo.dev/v1alpha1".into()),
+                kind: Some("AccessPolicy".into()),
+                name: Some(POLICY.into()),
+                ..Default::default()
+            }),
+            related: Some(ObjectReference {
+                api_version: Some("rbac.authorization.k8s.io/v1".into()),
+                kind: Some(key.split(' ').next().unwrap_or_default().into()),
+                name: Some(key.rsplit('/').next().unwrap_or_default().into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Api::<K8sEvent>::namespaced(client.clone(), "default")
+            .create(&PostParams::default(), &event)
+            .await
+            .with_context(|| format!("create the event about {key}"))?;
+    }
+    Ok(())
+}
+
+/// A stable, short hash of a key (FNV-1a), for the saves' names.
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Times the operator's request pattern made the plain way, `PARALLEL` chains at a time,
+/// until the watch sees every binding gone; then puts the bindings back and drops the saves,
+/// untimed.
+async fn time_raw_chains(
+    client: &Client,
+    made: &[Made],
+    keys: &[String],
+    seen: &mut watch::Receiver<Seen>,
+    with_event: bool,
+) -> Result<f64> {
+    let started = Instant::now();
+    for_each(made, |m| raw_chain(client, m, with_event)).await?;
+    let time = until(seen, keys, false, started, "the raw chains").await?.0;
+    let started = Instant::now();
+    for_each(made, |m| create(client, m)).await?;
+    until(
+        seen,
+        keys,
+        true,
+        started,
+        "the creates after the raw chains",
+    )
+    .await?;
+    Api::<ConfigMap>::namespaced(client.clone(), SAVES)
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .context("delete the raw chains' saves")?;
+    Ok(time)
+}
+
 /// What one run measured, in seconds from the start of each phase.
 #[derive(Debug, Default)]
 pub struct Run {
     pub raw_delete: f64,
     pub raw_create: f64,
+    /// The operator's requests per binding made the plain way, 32 bindings at a time:
+    /// save and delete, then save, delete and Event.
+    pub raw_save_delete: f64,
+    pub raw_save_delete_event: f64,
     /// From the Lockdown patch: first binding gone, last ClusterRoleBinding to
     /// cluster-admin gone, last ClusterRoleBinding gone, all gone, the policy Ready.
     pub first_suspended: f64,
@@ -424,6 +539,7 @@ pub async fn run(
     for i in 0..NAMESPACES {
         cluster.create_namespace(&namespace_of(i)).await?;
     }
+    cluster.create_namespace(SAVES).await?;
     let client = cluster.client.clone();
     let made = bindings(options.bindings);
     let keys: Vec<String> = made.iter().map(Made::key).collect();
@@ -467,12 +583,15 @@ pub async fn run(
         run.raw_create = until(&mut seen, &keys, true, started, "the raw creates")
             .await?
             .0;
+        run.raw_save_delete = time_raw_chains(&client, &made, &keys, &mut seen, false).await?;
+        run.raw_save_delete_event = time_raw_chains(&client, &made, &keys, &mut seen, true).await?;
         log(format!(
-            "raw: {} deletes in {:.2} s, {} creates in {:.2} s",
-            made.len(),
+            "raw: {n} deletes in {:.2} s, {n} creates in {:.2} s, {n} saves and deletes in {:.2} s, with an Event each in {:.2} s",
             run.raw_delete,
-            made.len(),
-            run.raw_create
+            run.raw_create,
+            run.raw_save_delete,
+            run.raw_save_delete_event,
+            n = made.len(),
         ));
         let before = snapshot(&client).await?;
         ensure!(
@@ -703,9 +822,19 @@ pub fn render(runs: &[Run], bindings: usize, machine: &str) -> String {
     let mut raw_delete: Vec<f64> = runs.iter().map(|r| r.raw_delete).collect();
     let raw = median(&mut raw_delete);
     type Pick = fn(&Run) -> f64;
-    let rows: [(&str, Pick, Option<f64>); 10] = [
+    let rows: [(&str, Pick, Option<f64>); 12] = [
         ("raw delete of all (32 parallel)", |r| r.raw_delete, None),
         ("raw create of all (32 parallel)", |r| r.raw_create, None),
+        (
+            "raw save + delete of all (32 chains)",
+            |r| r.raw_save_delete,
+            None,
+        ),
+        (
+            "raw save + delete + Event of all (32 chains)",
+            |r| r.raw_save_delete_event,
+            None,
+        ),
         ("lockdown: first binding gone", |r| r.first_suspended, None),
         (
             "lockdown: cluster-admin gone",
