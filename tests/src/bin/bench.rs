@@ -23,13 +23,20 @@
 //! (created) and the first showing it ready (Deployment Available with every replica, Job
 //! Complete). A service is created at its first object and ready at its last object ready.
 //!
+//! `--chaos N` runs the chaos loop instead (bench/chaos.rs), and `--lockdown` the lockdown
+//! bench (bench/lockdown.rs): 1,000 human bindings suspended by an AccessPolicy's Lockdown and
+//! restored by Normal, timed from watches against the raw delete rate of the same API server.
+//!
 //! Exit status: 0 when every run finished (targets met or not), 1 when a run failed (the
-//! plan never became Ready within the timeout, the cluster did not start, ...), 130 on Ctrl-C.
+//! plan never became Ready within the timeout, the cluster did not start, a binding the
+//! lockdown bench did not get back exactly, ...), 130 on Ctrl-C.
 
 #[path = "bench/chaos.rs"]
 mod chaos;
 #[path = "bench/cluster.rs"]
 mod cluster;
+#[path = "bench/lockdown.rs"]
+mod lockdown;
 #[path = "bench/measure.rs"]
 mod measure;
 #[path = "bench/scenario.rs"]
@@ -107,8 +114,9 @@ struct Args {
     /// Run each scenario this many times, each on a fresh cluster; the generated plan's seed
     /// goes up by one each run. With more than one run the summary also pools every run's
     /// tier boundaries: one run of 5 tiers has 4, too few for a p99 that is not just the max.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
-    runs: u32,
+    /// Default 1; with `--lockdown`, 3 (lockdowns and restores on one cluster).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    runs: Option<u32>,
 
     /// Give up on a plan after this many seconds (default: 4 x its critical path + 600).
     #[arg(long)]
@@ -144,6 +152,23 @@ struct Args {
     /// Seed of the chaos loop's kill moments (default: from the clock, printed).
     #[arg(long)]
     chaos_seed: Option<u64>,
+
+    /// Instead of the scenarios, run the lockdown bench (bench/lockdown.rs): `--bindings`
+    /// human bindings suspended by an AccessPolicy's Lockdown and restored by Normal, timed
+    /// from watches against the raw delete rate of the same API server, `--runs` times.
+    #[arg(long, conflicts_with = "chaos")]
+    lockdown: bool,
+
+    /// Human bindings of the lockdown bench: 10 ClusterRoleBindings to cluster-admin, 10
+    /// other ClusterRoleBindings, the rest RoleBindings in 20 namespaces.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(21..=100_000))]
+    bindings: u64,
+}
+
+impl Args {
+    fn runs(&self) -> u32 {
+        self.runs.unwrap_or(if self.lockdown { 3 } else { 1 })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -309,11 +334,27 @@ async fn run(args: &Args, root: &Path, teardown: &mut Teardown) -> Result<()> {
         "{machine}; control plane: {}",
         args.control_plane.describe()
     );
+    if args.lockdown {
+        let options = lockdown::Options {
+            bindings: usize::try_from(args.bindings)?,
+            runs: args.runs(),
+            lean: args.control_plane.lean(),
+        };
+        let outcome = lockdown::run(root, &operator, teardown, &options).await;
+        teardown.finish().await;
+        let runs = outcome?;
+        println!("{}", lockdown::render(&runs, options.bindings, &machine));
+        let failures = lockdown::failures(&runs);
+        if failures > 0 {
+            bail!("{failures} bindings were not restored exactly");
+        }
+        return Ok(());
+    }
     let mut reports = Vec::new();
-    for run in 0..args.runs {
+    for run in 0..args.runs() {
         for scenario in &self::scenarios(args, root, run)? {
-            if args.runs > 1 {
-                log(format!("run {} of {}", run + 1, args.runs));
+            if args.runs() > 1 {
+                log(format!("run {} of {}", run + 1, args.runs()));
             }
             let report = run_scenario(args, root, &operator, scenario, run + 1, teardown).await;
             // Stop this scenario's operator and cluster before the next one starts.
@@ -324,7 +365,7 @@ async fn run(args: &Args, root: &Path, teardown: &mut Teardown) -> Result<()> {
         }
     }
     if reports.len() > 1 {
-        println!("{}", summary_table(&reports, args.runs, &machine));
+        println!("{}", summary_table(&reports, args.runs(), &machine));
     }
     Ok(())
 }
@@ -460,7 +501,7 @@ async fn run_scenario(
     for namespace in &scenario.namespaces {
         cluster.create_namespace(namespace).await?;
     }
-    let log_file = root.join("target/bench").join(if args.runs > 1 {
+    let log_file = root.join("target/bench").join(if args.runs() > 1 {
         format!("operator-{}-{run}.log", scenario.name)
     } else {
         format!("operator-{}.log", scenario.name)
