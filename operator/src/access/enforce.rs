@@ -138,9 +138,11 @@ pub async fn converge(
         .into_iter()
         .map(|f| (f.binding.binding.clone(), f))
         .collect();
+    // Started in plan order (most powerful first), PARALLEL always in flight: `buffered`
+    // would count finished chains waiting for an earlier one as in flight.
     let results: Vec<Result<Option<String>, Error>> = stream::iter(chains)
         .map(|chain| run_chain(ctx, reconciling, chain, &versions))
-        .buffered(PARALLEL)
+        .buffer_unordered(PARALLEL)
         .collect()
         .await;
     let mut not_restored = Vec::new();
